@@ -138,7 +138,6 @@ impl Iterator for Commands<'_> {
 #[derive(Default)]
 struct Fields<'a> {
     op: Option<&'a str>,
-    id: u64,
     room: Option<&'a str>,
     to: Option<&'a str>,
     msg_id: Option<&'a str>,
@@ -152,10 +151,9 @@ fn parse_command(message: &Bytes, start: usize, end: usize) -> Result<Command, C
     let entries = r
         .map_len()
         .map_err(|_| CommandError::field(0, "command", "must be a map"))?;
-    let mut f = Fields::default();
     // The id is found first so that every later error can carry it.
-    f.id = find_id(&mut Reader { buf, pos: r.pos }, entries)?;
-    let id = f.id;
+    let id = find_id(&mut Reader { buf, pos: r.pos }, entries)?;
+    let mut f = Fields::default();
     for _ in 0..entries {
         let key = r
             .str()

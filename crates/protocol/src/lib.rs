@@ -25,7 +25,7 @@ pub use close::CloseCode;
 pub use command::{decode_commands, Command, CommandError, CommandKind, Commands, Since};
 pub use error::ErrorCode;
 pub use name::{validate_room, validate_user, InvalidName, MAX_ROOM_BYTES, MAX_USER_BYTES};
-pub use sink::EventSink;
+pub use sink::{ConnId, EventSink};
 pub use value::{split_value, ValueError, MAX_DEPTH};
 
 /// Protocol version announced in `hello`.

@@ -1,0 +1,101 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef};
+use switchboard_protocol::{Bytes, ConnId, EventSink};
+
+use crate::actor::{Presence, PresenceArgs, PresenceMsg};
+use crate::PresenceError;
+
+/// user -> that user's connections on this node.
+pub(crate) type Registry = DashMap<Arc<str>, Vec<(ConnId, Arc<dyn EventSink>)>>;
+
+/// A cloneable handle to the Presence actor and its registry.
+#[derive(Clone)]
+pub struct PresenceHandle {
+    actor: ActorRef<PresenceMsg>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for PresenceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceHandle")
+            .field("users", &self.registry.len())
+            .finish()
+    }
+}
+
+impl PresenceHandle {
+    /// Starts the Presence actor. Connections silent for `timeout` are
+    /// expired; the sweep runs every `sweep_every`.
+    pub async fn start(
+        timeout: Duration,
+        sweep_every: Duration,
+        parent: Option<ActorCell>,
+    ) -> Result<(Self, ActorRef<PresenceMsg>), PresenceError> {
+        let registry = Arc::new(Registry::new());
+        let args = PresenceArgs {
+            registry: registry.clone(),
+            timeout,
+            sweep_every,
+        };
+        let spawned = match parent {
+            Some(p) => Actor::spawn_linked(None, Presence, args, p).await,
+            None => Actor::spawn(None, Presence, args).await,
+        };
+        let (actor, _) = spawned.map_err(|e| PresenceError::Spawn(e.to_string()))?;
+        Ok((
+            Self {
+                actor: actor.clone(),
+                registry,
+            },
+            actor,
+        ))
+    }
+
+    pub fn connect(&self, conn: ConnId, user: Arc<str>, sink: Arc<dyn EventSink>) {
+        let _ = self.actor.cast(PresenceMsg::Connect { conn, user, sink });
+    }
+
+    pub fn disconnect(&self, conn: ConnId) {
+        let _ = self.actor.cast(PresenceMsg::Disconnect { conn });
+    }
+
+    pub fn join(&self, room: Arc<str>, conn: ConnId) {
+        let _ = self.actor.cast(PresenceMsg::Join { room, conn });
+    }
+
+    pub fn leave(&self, room: Arc<str>, conn: ConnId) {
+        let _ = self.actor.cast(PresenceMsg::Leave { room, conn });
+    }
+
+    /// The sorted, distinct users present in `room`.
+    pub async fn users(&self, room: &str) -> Result<Vec<Arc<str>>, PresenceError> {
+        let room: Arc<str> = room.into();
+        match self
+            .actor
+            .call(|reply| PresenceMsg::Query { room, reply }, None)
+            .await
+        {
+            Ok(CallResult::Success(users)) => Ok(users),
+            _ => Err(PresenceError::Gone),
+        }
+    }
+
+    /// Queues `event` to every connection of `user`; returns how many took it.
+    pub fn send(&self, user: &str, event: &Bytes) -> u64 {
+        self.registry.get(user).map_or(0, |conns| {
+            conns
+                .iter()
+                .filter(|(_, sink)| sink.push(event.clone()))
+                .count() as u64
+        })
+    }
+
+    /// Distinct users online on this node.
+    pub fn online_users(&self) -> usize {
+        self.registry.len()
+    }
+}

@@ -1,0 +1,33 @@
+//! Rooms: one [`Room`] actor per active room under a [`RoomSupervisor`].
+//!
+//! The Room is the room's sequencer: it assigns offsets, keeps the history
+//! ring, de-duplicates `msg_id`s and fans each message out, encoded once, to
+//! its members' event sinks. Members are connections, named by a [`ConnId`]
+//! and reached through an [`EventSink`](switchboard_protocol::EventSink);
+//! this crate never names gateway types.
+//!
+//! A Room's sequencer state lives in a [`RoomCore`](room::RoomCore) that its
+//! supervisor keeps, so a Room that panics is restarted with the same epoch,
+//! offsets, history and members, and replays to each member what the crash
+//! kept from it.
+
+mod history;
+mod member;
+mod room;
+mod rooms;
+mod supervisor;
+
+pub use member::{Member, MembershipObserver};
+pub use room::{JoinRequest, PublishRequest, Room, RoomMsg};
+pub use rooms::{RoomSettings, Rooms};
+pub use supervisor::{RoomSupervisor, RoomSupervisorMsg};
+pub use switchboard_protocol::ConnId;
+
+/// Errors at the router's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("the room supervisor is not running")]
+    SupervisorGone,
+    #[error("could not start room {room}: {reason}")]
+    Spawn { room: String, reason: String },
+}

@@ -1,0 +1,123 @@
+//! The registry of running rooms, and how callers reach them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, MessagingErr};
+
+use crate::member::MembershipObserver;
+use crate::room::RoomMsg;
+use crate::supervisor::RoomSupervisorMsg;
+use crate::RouterError;
+
+/// What rooms are configured with.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// `history.size`: messages kept per room for recovery.
+    pub history_size: usize,
+    /// `history.ttl_s`: how long a message is kept.
+    pub history_ttl: Duration,
+    /// How often rooms expire history and retire when idle.
+    pub tick: Duration,
+}
+
+/// Shared by the supervisor and all its rooms.
+pub(crate) struct RoomContext {
+    pub(crate) map: Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
+    pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
+    pub(crate) observer: Arc<dyn MembershipObserver>,
+    pub(crate) settings: RoomSettings,
+}
+
+impl RoomContext {
+    pub(crate) fn rooms(&self) -> Rooms {
+        Rooms {
+            map: self.map.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+}
+
+/// A cheap, cloneable handle for sending to rooms by name.
+#[derive(Clone)]
+pub struct Rooms {
+    pub(crate) map: Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
+    pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("running", &self.map.len())
+            .finish()
+    }
+}
+
+/// How many times a message is re-sent when the room it found was retiring.
+const RETRIES: usize = 4;
+
+impl Rooms {
+    /// Sends `msg` to the room, starting it if it is not running. A room that
+    /// retires while the message is on its way hands it to its successor, so
+    /// nothing sent here is lost to a retirement.
+    pub async fn cast(&self, room: &str, mut msg: RoomMsg) -> Result<(), RouterError> {
+        for _ in 0..RETRIES {
+            let actor = self.open(room).await?;
+            match actor.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(MessagingErr::SendErr(back)) => {
+                    let id = actor.get_id();
+                    self.map.remove_if(room, |_, r| r.get_id() == id);
+                    msg = back;
+                }
+                Err(e) => {
+                    return Err(RouterError::Spawn {
+                        room: room.to_owned(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(RouterError::Spawn {
+            room: room.to_owned(),
+            reason: "room kept retiring".into(),
+        })
+    }
+
+    /// Sends `msg` only if the room is running (for leaving: a room that is
+    /// not running has no members).
+    pub fn cast_if_running(&self, room: &str, msg: RoomMsg) {
+        if let Some(actor) = self.map.get(room) {
+            let _ = actor.cast(msg);
+        }
+    }
+
+    async fn open(&self, room: &str) -> Result<ActorRef<RoomMsg>, RouterError> {
+        if let Some(actor) = self.map.get(room) {
+            return Ok(actor.clone());
+        }
+        let name: Arc<str> = room.into();
+        match self
+            .supervisor
+            .call(|reply| RoomSupervisorMsg::Open { room: name, reply }, None)
+            .await
+        {
+            Ok(CallResult::Success(result)) => result,
+            _ => Err(RouterError::SupervisorGone),
+        }
+    }
+
+    /// Rooms running on this node.
+    pub fn running(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Fault injection: makes the room panic (when it is running).
+    pub fn crash(&self, room: &str) -> bool {
+        self.map
+            .get(room)
+            .is_some_and(|a| a.cast(RoomMsg::Crash).is_ok())
+    }
+}
