@@ -18,7 +18,7 @@ mod rooms;
 mod supervisor;
 
 pub use member::{Member, MembershipObserver};
-pub use room::{JoinRequest, PublishRequest, Room, RoomMsg};
+pub use room::{JoinRequest, PublishReply, PublishRequest, Room, RoomMsg};
 pub use rooms::{RoomSettings, Rooms};
 pub use supervisor::{RoomSupervisor, RoomSupervisorMsg};
 pub use switchboard_protocol::ConnId;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use switchboard_protocol::{event, Bytes, Since};
+use switchboard_protocol::{event, Bytes, EventSink, Since};
 
 use crate::history::{History, Recovery};
 use crate::member::Member;
@@ -17,8 +17,11 @@ use switchboard_protocol::ConnId;
 /// queued message small.
 pub enum RoomMsg {
     Join(Box<JoinRequest>),
+    /// The connection leaves; `ack` gets the `ok` once it is out, so that
+    /// no `msg` of the room follows the `ok`.
     Leave {
         conn: ConnId,
+        ack: Option<(u64, Arc<dyn EventSink>)>,
     },
     Publish(Box<PublishRequest>),
     /// Expire history; retire the room when it has no members and no history.
@@ -41,10 +44,34 @@ pub struct PublishRequest {
     /// The publisher's `data`, as MessagePack bytes.
     pub data: Bytes,
     pub msg_id: Option<String>,
-    /// The command id to answer; 0 for no `ok`.
-    pub id: u64,
-    /// Where the `ok` goes (the publisher need not be a member).
-    pub reply: Option<Arc<dyn switchboard_protocol::EventSink>>,
+    pub reply: PublishReply,
+}
+
+/// Who learns the offset a publication was given.
+pub enum PublishReply {
+    None,
+    /// An `ok` with this command id, to this connection (which need not be
+    /// a member).
+    Ok {
+        id: u64,
+        sink: Arc<dyn EventSink>,
+    },
+    /// The HTTP publish API.
+    Offset(tokio::sync::oneshot::Sender<u64>),
+}
+
+impl PublishReply {
+    fn send(self, offset: u64) {
+        match self {
+            PublishReply::None => {}
+            PublishReply::Ok { id, sink } => {
+                sink.push(event::ok_pub(id, offset));
+            }
+            PublishReply::Offset(tx) => {
+                let _ = tx.send(offset);
+            }
+        }
+    }
 }
 
 struct Slot {
@@ -131,7 +158,7 @@ impl Actor for Room {
         }
         match msg {
             RoomMsg::Join(req) => join(state, *req),
-            RoomMsg::Leave { conn } => leave(state, conn),
+            RoomMsg::Leave { conn, ack } => leave(state, conn, ack),
             RoomMsg::Publish(req) => publish(state, *req),
             RoomMsg::Tick => tick(&myself, state),
             RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
@@ -189,7 +216,10 @@ fn join(state: &mut RoomState, req: JoinRequest) {
     state.ctx.observer.joined(&name, &member);
 }
 
-fn leave(state: &mut RoomState, conn: ConnId) {
+fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSink>)>) {
+    if let Some((id, sink)) = ack.filter(|(id, _)| *id != 0) {
+        sink.push(event::ok(id));
+    }
     let mut core = state.core.lock();
     if core.members.remove(&conn).is_none() {
         return;
@@ -212,9 +242,8 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
     } = &mut *core;
     let msg_id = req.msg_id.as_deref();
     if let Some(offset) = msg_id.and_then(|m| history.offset_of(m)) {
-        if let (Some(reply), true) = (&req.reply, req.id != 0) {
-            reply.push(event::ok_pub(req.id, offset));
-        }
+        drop(core);
+        req.reply.send(offset);
         return;
     }
     let (offset, ev) = history.append(now, msg_id, |offset| {
@@ -230,9 +259,7 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
     drop(core);
     metrics::counter!("switchboard_messages_published_total").increment(1);
     metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
-    if let (Some(reply), true) = (&req.reply, req.id != 0) {
-        reply.push(event::ok_pub(req.id, offset));
-    }
+    req.reply.send(offset);
 }
 
 fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {

@@ -87,11 +87,11 @@ impl Rooms {
     }
 
     /// Sends `msg` only if the room is running (for leaving: a room that is
-    /// not running has no members).
-    pub fn cast_if_running(&self, room: &str, msg: RoomMsg) {
-        if let Some(actor) = self.map.get(room) {
-            let _ = actor.cast(msg);
-        }
+    /// not running has no members). Returns whether it was sent.
+    pub fn cast_if_running(&self, room: &str, msg: RoomMsg) -> bool {
+        self.map
+            .get(room)
+            .is_some_and(|actor| actor.cast(msg).is_ok())
     }
 
     async fn open(&self, room: &str) -> Result<ActorRef<RoomMsg>, RouterError> {

@@ -1,0 +1,181 @@
+//! Who a connection is: identity from the upgrade request, before upgrading.
+
+use std::sync::Arc;
+
+use hyper::header::AUTHORIZATION;
+use hyper::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use switchboard_config::{AuthMode, AuthSettings};
+use switchboard_protocol::validate_user;
+use wildmatch::WildMatch;
+
+/// Why a connection was refused (HTTP 401, one line).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token (use ?token= or Authorization: Bearer)")]
+    MissingToken,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("invalid user id: {0}")]
+    BadUser(String),
+}
+
+/// The rooms a token allows, from its `rooms` claim.
+#[derive(Debug)]
+pub struct RoomGrants(Vec<WildMatch>);
+
+impl RoomGrants {
+    pub fn allows(&self, room: &str) -> bool {
+        self.0.iter().any(|g| g.matches(room))
+    }
+}
+
+/// An authenticated identity.
+#[derive(Debug)]
+pub struct Identity {
+    /// `None`: the user id is assigned from the connection id.
+    pub user: Option<String>,
+    /// `None`: every room is allowed.
+    pub grants: Option<Arc<RoomGrants>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+}
+
+/// Checks a connection's credentials as `auth.mode` says.
+pub struct Authenticator {
+    mode: AuthMode,
+    key: Option<DecodingKey>,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(settings: &AuthSettings) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        Self {
+            mode: settings.mode.clone(),
+            key: settings
+                .hs256_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            validation,
+        }
+    }
+
+    pub fn authenticate(&self, req: &Parts) -> Result<Identity, AuthError> {
+        match self.mode {
+            AuthMode::None => {
+                let user = query_param(req, "user");
+                if let Some(u) = &user {
+                    validate_user(u).map_err(|e| AuthError::BadUser(e.to_string()))?;
+                }
+                Ok(Identity { user, grants: None })
+            }
+            AuthMode::Jwt => {
+                let token = token(req).ok_or(AuthError::MissingToken)?;
+                let key = self
+                    .key
+                    .as_ref()
+                    .ok_or_else(|| AuthError::Invalid("no secret configured".into()))?;
+                let data =
+                    jsonwebtoken::decode::<Claims>(&token, key, &self.validation).map_err(|e| {
+                        match e.kind() {
+                            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                            _ => AuthError::Invalid(e.to_string()),
+                        }
+                    })?;
+                let claims = data.claims;
+                validate_user(&claims.sub).map_err(|e| AuthError::BadUser(e.to_string()))?;
+                let grants = claims
+                    .rooms
+                    .map(|r| Arc::new(RoomGrants(r.iter().map(|p| WildMatch::new(p)).collect())));
+                Ok(Identity {
+                    user: Some(claims.sub),
+                    grants,
+                })
+            }
+        }
+    }
+}
+
+fn token(req: &Parts) -> Option<String> {
+    if let Some(t) = query_param(req, "token") {
+        return Some(t);
+    }
+    let header = req.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The first value of a query parameter, percent-decoded.
+pub fn query_param(req: &Parts, name: &str) -> Option<String> {
+    let query = req.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str) -> Parts {
+        hyper::Request::builder()
+            .uri(uri)
+            .body(())
+            .map(|r| r.into_parts().0)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        let p = parts("/ws?user=al%20ice&x=1");
+        assert_eq!(query_param(&p, "user").as_deref(), Some("al ice"));
+        assert_eq!(query_param(&p, "y"), None);
+        assert_eq!(query_param(&parts("/ws?user=%ff"), "user"), None);
+    }
+
+    #[test]
+    fn grants_are_globs() {
+        let g = RoomGrants(vec![WildMatch::new("team-7:*"), WildMatch::new("lobby")]);
+        assert!(g.allows("team-7:general"));
+        assert!(g.allows("lobby"));
+        assert!(!g.allows("team-8:general"));
+    }
+}

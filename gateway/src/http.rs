@@ -1,0 +1,277 @@
+//! The HTTP surface: `/ws`, health, metrics and the server API, on one
+//! listener.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use switchboard_protocol::{split_value, validate_room, ConnId, SUBPROTOCOL};
+use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
+
+use crate::node::NodeCtx;
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut body: String = body.into();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Resp {
+    json(status, &serde_json::json!({ "error": error.to_string() }))
+}
+
+/// Routes one HTTP request.
+pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/ws") => websocket(node, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => {
+            if node.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                text(StatusCode::OK, "ready")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, node.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (&Method::POST, "/api/publish") => match check_api_key(&node, &req) {
+            Err(r) => r,
+            Ok(()) => publish(node, req).await,
+        },
+        (&Method::GET, p) if p.starts_with("/api/rooms/") && p.ends_with("/presence") => {
+            match check_api_key(&node, &req) {
+                Err(r) => r,
+                Ok(()) => {
+                    let room = &p["/api/rooms/".len()..p.len() - "/presence".len()];
+                    presence(&node, room).await
+                }
+            }
+        }
+        (&Method::POST, p)
+            if node.settings.debug.faults
+                && p.starts_with("/debug/rooms/")
+                && p.ends_with("/crash") =>
+        {
+            let room = &p["/debug/rooms/".len()..p.len() - "/crash".len()];
+            if node.rooms.crash(room) {
+                text(StatusCode::OK, "crashed")
+            } else {
+                text(StatusCode::NOT_FOUND, "room not running")
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    };
+    Ok(resp)
+}
+
+fn websocket(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
+    if node.draining.load(Ordering::SeqCst) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: reconnect to another node",
+        );
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return text(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade");
+    }
+    let (parts, body) = req.into_parts();
+    // Refused before the upgrade: nothing is upgraded for a bad token.
+    let identity = match node.auth.authenticate(&parts) {
+        Ok(identity) => identity,
+        Err(e) => return text(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    let offers_subprotocol = parts
+        .headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL);
+    let mut req = Request::from_parts(parts, body);
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let id = ConnId(fastrand::u64(1..));
+    tokio::spawn(crate::connection::serve(node, upgrade, id, identity));
+    let (mut parts, _) = response.into_parts();
+    if offers_subprotocol {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Resp> {
+    let Some(key) = &node.settings.api.key else {
+        return if node.settings.auth.mode == switchboard_config::AuthMode::None {
+            Ok(())
+        } else {
+            Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                "api.key is not configured; the HTTP API is off",
+            ))
+        };
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim());
+    match given {
+        Some(k) if constant_time_eq(k.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(json_error(StatusCode::UNAUTHORIZED, "wrong api key")),
+        None => Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing api key (Authorization: Bearer <api.key>)",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct JsonPublish {
+    room: String,
+    data: serde_json::Value,
+    #[serde(default)]
+    msg_id: Option<String>,
+}
+
+/// `POST /api/publish`: `{"room","data"}` as JSON, or as a MessagePack map
+/// (`Content-Type: application/msgpack`), whose `data` is kept byte for byte.
+async fn publish(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
+    let msgpack = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("msgpack"));
+    let limit = node.settings.limits.max_frame_bytes;
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than limits.max_frame_bytes ({limit})"),
+            )
+        }
+    };
+    let parsed = if msgpack {
+        parse_msgpack_publish(&body)
+    } else {
+        parse_json_publish(&body)
+    };
+    let (room, data, msg_id) = match parsed {
+        Ok(p) => p,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = validate_room(&room) {
+        return json_error(StatusCode::BAD_REQUEST, format!("room: {e}"));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = PublishRequest {
+        from: "api".into(),
+        data,
+        msg_id,
+        reply: PublishReply::Offset(tx),
+    };
+    if let Err(e) = node
+        .rooms
+        .cast(&room, RoomMsg::Publish(Box::new(req)))
+        .await
+    {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, e);
+    }
+    match rx.await {
+        Ok(offset) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "room": room, "offset": offset }),
+        ),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, "the room did not answer"),
+    }
+}
+
+fn parse_json_publish(body: &[u8]) -> Result<(String, Bytes, Option<String>), String> {
+    let p: JsonPublish = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    let data = rmp_serde::to_vec(&p.data).map_err(|e| format!("data: {e}"))?;
+    Ok((p.room, Bytes::from(data), p.msg_id))
+}
+
+fn parse_msgpack_publish(body: &Bytes) -> Result<(String, Bytes, Option<String>), String> {
+    // Reuse the command decoder: the body is a `pub` without `op`.
+    let (value, rest) = split_value(body).map_err(|e| format!("body: {e}"))?;
+    if !rest.is_empty() {
+        return Err("body: one MessagePack map expected".into());
+    }
+    let mut cmd = Vec::with_capacity(value.len() + 8);
+    // Prepend `op: "pub"` by rewriting the map header with one more entry.
+    let (entries, header_len) = match value.first() {
+        Some(&m @ 0x80..=0x8e) => (usize::from(m & 0x0f), 1),
+        _ => return Err("body: a MessagePack map of at most 14 entries expected".into()),
+    };
+    cmd.push(0x80 | (entries as u8 + 1));
+    cmd.extend_from_slice(&[0xa2, b'o', b'p', 0xa3, b'p', b'u', b'b']);
+    cmd.extend_from_slice(&value[header_len..]);
+    let cmd = Bytes::from(cmd);
+    match switchboard_protocol::decode_commands(&cmd).next() {
+        Some(Ok(switchboard_protocol::Command {
+            kind: switchboard_protocol::CommandKind::Pub { room, data, msg_id },
+            ..
+        })) => Ok((room, data, msg_id)),
+        Some(Err(e)) => Err(e.reason),
+        _ => Err("body: not a publish".into()),
+    }
+}
+
+async fn presence(node: &NodeCtx, room: &str) -> Resp {
+    if let Err(e) = validate_room(room) {
+        return json_error(StatusCode::BAD_REQUEST, format!("room: {e}"));
+    }
+    match node.presence.users(room).await {
+        Ok(users) => {
+            let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "room": room, "users": users }),
+            )
+        }
+        Err(e) => json_error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}

@@ -1,0 +1,123 @@
+//! The Switchboard gateway node.
+//!
+//! [`run`] serves one node until it is told to stop: the HTTP listener
+//! (`/ws`, `/healthz`, `/readyz`, `/metrics`, the server API) and the actors
+//! behind it:
+//!
+//! ```text
+//! NodeSupervisor
+//! |-- Presence        presence entries, heartbeat expiry      (switchboard-presence)
+//! |-- RoomSupervisor  one Room actor per active room          (switchboard-router)
+//! `-- Connections     one Session actor per active socket     (session.rs)
+//! ```
+//!
+//! Per connection (`connection.rs`): a reader task hands client messages to
+//! the Session; a writer task drains the bounded [`outbound`] queue, which
+//! rooms and presence push to directly.
+
+mod auth;
+mod connection;
+mod http;
+mod metrics;
+mod node;
+pub mod outbound;
+mod ratelimit;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_config::Settings;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Errors at the gateway's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("http.listen: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start: {0}")]
+    Start(String),
+}
+
+/// How long a client may take to send the upgrade request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a node until `shutdown` is cancelled, then drains it: `/readyz`
+/// turns 503, the listener closes, connections are closed with 1012 spread
+/// over `shutdown.drain_s`, and the actors stop.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let metrics = metrics::install()?;
+    let listen = settings.http.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let drain = settings.shutdown.drain();
+    let (node, root) = node::start(settings, metrics.clone(), shutdown.clone()).await?;
+    tracing::info!(addr = %local, node = %node.settings.node.name, "listening");
+
+    let upkeep = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => metrics.run_upkeep(),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    });
+
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, typically: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| http::route(node.clone(), req));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    node.drain(drain).await;
+    root.stop(None);
+    let _ = upkeep.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The node's shared context type, for the binary's wiring.
+pub type Node = Arc<node::NodeCtx>;

@@ -1,0 +1,88 @@
+//! The Prometheus recorder and the metric names (part of the interface).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::GatewayError;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Installs the process-wide recorder and registers every metric, so that
+/// each name is exported from the first scrape.
+pub fn install() -> Result<PrometheusHandle, GatewayError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("switchboard_publish_to_delivery_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| GatewayError::Start(format!("metrics: {e}")))?;
+
+    describe_gauge!("switchboard_connections", "Open WebSocket connections");
+    describe_counter!(
+        "switchboard_connections_opened_total",
+        "WebSocket connections opened"
+    );
+    describe_counter!(
+        "switchboard_connections_closed_total",
+        "WebSocket connections closed, by reason"
+    );
+    describe_gauge!("switchboard_rooms", "Rooms with members on this node");
+    describe_counter!(
+        "switchboard_messages_published_total",
+        "Room messages sequenced"
+    );
+    describe_counter!(
+        "switchboard_messages_delivered_total",
+        "Room messages queued to member connections"
+    );
+    describe_counter!(
+        "switchboard_slow_consumers_total",
+        "Connections closed because their outbound queue was full"
+    );
+    describe_gauge!(
+        "switchboard_presence_users",
+        "Distinct users online on this node"
+    );
+    describe_gauge!(
+        "switchboard_cluster_nodes",
+        "Live cluster nodes, this one included"
+    );
+    describe_counter!(
+        "switchboard_cluster_messages_total",
+        "Messages between cluster nodes, by direction"
+    );
+    describe_histogram!(
+        "switchboard_publish_to_delivery_seconds",
+        Unit::Seconds,
+        "Time from a message's sequencing to its write to a member's socket"
+    );
+
+    metrics::gauge!("switchboard_connections").set(0.0);
+    metrics::counter!("switchboard_connections_opened_total").absolute(0);
+    for reason in [
+        "normal",
+        "client_close",
+        "client_gone",
+        "heartbeat_timeout",
+        "policy",
+        "draining",
+    ] {
+        metrics::counter!("switchboard_connections_closed_total", "reason" => reason).absolute(0);
+    }
+    metrics::gauge!("switchboard_rooms").set(0.0);
+    metrics::counter!("switchboard_messages_published_total").absolute(0);
+    metrics::counter!("switchboard_messages_delivered_total").absolute(0);
+    metrics::counter!("switchboard_slow_consumers_total").absolute(0);
+    metrics::gauge!("switchboard_presence_users").set(0.0);
+    metrics::gauge!("switchboard_cluster_nodes").set(1.0);
+    for direction in ["in", "out"] {
+        metrics::counter!("switchboard_cluster_messages_total", "direction" => direction)
+            .absolute(0);
+    }
+    // Registers the histogram (it renders with empty buckets until used).
+    let _ = metrics::histogram!("switchboard_publish_to_delivery_seconds");
+    Ok(handle)
+}

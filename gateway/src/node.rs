@@ -1,0 +1,194 @@
+//! A gateway node: its actors, and the context every connection shares.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use switchboard_config::Settings;
+use switchboard_presence::PresenceHandle;
+use switchboard_protocol::{CloseCode, ConnId, EventSink};
+
+use switchboard_router::{Member, MembershipObserver, RoomSettings, RoomSupervisor, Rooms};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::outbound::Outbound;
+use crate::session::Conn;
+use crate::GatewayError;
+
+/// What every connection and request handler on this node shares.
+pub struct NodeCtx {
+    pub settings: Settings,
+    pub rooms: Rooms,
+    pub presence: PresenceHandle,
+    pub auth: Authenticator,
+    /// Open connections, for draining.
+    pub conns: DashMap<ConnId, Arc<Outbound>>,
+    /// Running Session actors, so that a failed one's connection is closed.
+    pub sessions: Arc<DashMap<ActorId, Arc<Conn>>>,
+    /// Supervisor of the Session actors.
+    pub connections: ActorRef<ConnectionsMsg>,
+    pub draining: AtomicBool,
+    pub metrics: PrometheusHandle,
+    /// Cancelled to stop the node (SIGTERM, or a core actor failed).
+    pub shutdown: CancellationToken,
+}
+
+/// Rooms tell presence who joined and left.
+struct PresenceObserver(PresenceHandle);
+
+impl MembershipObserver for PresenceObserver {
+    fn joined(&self, room: &Arc<str>, member: &Member) {
+        self.0.join(room.clone(), member.conn);
+    }
+
+    fn left(&self, room: &Arc<str>, conn: ConnId) {
+        self.0.leave(room.clone(), conn);
+    }
+}
+
+/// The root of the node's supervision tree. A failure of one of its
+/// children (rooms' supervisor, presence, connections) is a bug the node
+/// cannot contain, so it stops the node and lets the orchestrator restart it.
+pub struct NodeSupervisor;
+
+impl Actor for NodeSupervisor {
+    type Msg = ();
+    type State = CancellationToken;
+    type Arguments = CancellationToken;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        shutdown: CancellationToken,
+    ) -> Result<CancellationToken, ActorProcessingErr> {
+        Ok(shutdown)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        evt: SupervisionEvent,
+        shutdown: &mut CancellationToken,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            tracing::error!(actor = %cell.get_id(), error = %err, "core actor failed; stopping the node");
+            shutdown.cancel();
+        }
+        Ok(())
+    }
+}
+
+/// Supervises the Session actors: a Session that fails closes its
+/// connection with 1011 and nothing else.
+pub struct Connections;
+
+pub enum ConnectionsMsg {}
+
+impl ractor::Message for ConnectionsMsg {}
+
+impl Actor for Connections {
+    type Msg = ConnectionsMsg;
+    type State = Arc<DashMap<ActorId, Arc<Conn>>>;
+    type Arguments = Arc<DashMap<ActorId, Arc<Conn>>>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ConnectionsMsg>,
+        sessions: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(sessions)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<ConnectionsMsg>,
+        evt: SupervisionEvent,
+        sessions: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            if let Some((_, conn)) = sessions.remove(&cell.get_id()) {
+                tracing::error!(conn = %conn.id, error = %err, "session failed; closing its connection");
+                conn.out.close(CloseCode::Internal, "internal error");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts the node's actors and returns its context and root actor.
+pub async fn start(
+    settings: Settings,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(Arc<NodeCtx>, ActorCell), GatewayError> {
+    let spawn_err =
+        |what: &str, e: &dyn std::fmt::Display| GatewayError::Start(format!("{what}: {e}"));
+    let (root, _) = Actor::spawn(None, NodeSupervisor, shutdown.clone())
+        .await
+        .map_err(|e| spawn_err("node supervisor", &e))?;
+    let root = root.get_cell();
+
+    let hb = &settings.heartbeat;
+    let sweep = (hb.timeout() / 10).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let (presence, _) = PresenceHandle::start(hb.timeout(), sweep, Some(root.clone()))
+        .await
+        .map_err(|e| spawn_err("presence", &e))?;
+
+    let room_settings = RoomSettings {
+        history_size: settings.history.size,
+        history_ttl: settings.history.ttl(),
+        tick: Duration::from_secs(1).min(settings.history.ttl()),
+    };
+    let observer = Arc::new(PresenceObserver(presence.clone()));
+    let (rooms, _) = RoomSupervisor::start(room_settings, observer, Some(root.clone()))
+        .await
+        .map_err(|e| spawn_err("rooms", &e))?;
+
+    let sessions = Arc::new(DashMap::new());
+    let (connections, _) = Actor::spawn_linked(None, Connections, sessions.clone(), root.clone())
+        .await
+        .map_err(|e| spawn_err("connections", &e))?;
+
+    let auth = Authenticator::new(&settings.auth);
+    let ctx = Arc::new(NodeCtx {
+        settings,
+        rooms,
+        presence,
+        auth,
+        conns: DashMap::new(),
+        sessions,
+        connections,
+        draining: AtomicBool::new(false),
+        metrics,
+        shutdown,
+    });
+    Ok((ctx, root))
+}
+
+impl NodeCtx {
+    /// Closes every connection with 1012, spread over `drain` so that
+    /// clients do not all reconnect at once, then waits (up to a grace) for
+    /// them to be gone.
+    pub async fn drain(&self, drain: Duration) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut conns: Vec<Arc<Outbound>> = self.conns.iter().map(|e| e.value().clone()).collect();
+        fastrand::shuffle(&mut conns);
+        let n = conns.len();
+        tracing::info!(connections = n, drain_s = drain.as_secs_f64(), "draining");
+        let start = tokio::time::Instant::now();
+        for (i, out) in conns.into_iter().enumerate() {
+            let at = start + drain.mul_f64(i as f64 / n.max(1) as f64);
+            tokio::time::sleep_until(at).await;
+            out.close(CloseCode::Restart, "node draining");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.conns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A connection's bounded outbound queue: the [`EventSink`] rooms, presence
+//! and the session push to, drained by the socket's writer.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use switchboard_protocol::{Bytes, CloseCode, EventSink};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How the connection is to be closed.
+#[derive(Debug, Clone)]
+pub enum Closing {
+    /// The server closes with this code.
+    Server(CloseCode, &'static str),
+    /// The client sent a close frame: echo its payload back.
+    Echo(Bytes),
+}
+
+/// What the writer takes from the queue in one go.
+#[derive(Default)]
+pub struct Batch {
+    pub events: Vec<(Bytes, Option<Instant>)>,
+    /// Pong payloads owed to the client's pings.
+    pub pongs: Vec<Bytes>,
+    pub closing: Option<Closing>,
+}
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<(Bytes, Option<Instant>)>,
+    pongs: Vec<Bytes>,
+    closing: Option<Closing>,
+}
+
+/// The per-connection queue. Nothing that pushes to it ever waits: a full
+/// queue closes the connection (1008, slow consumer) instead.
+pub struct Outbound {
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Wakes the writer.
+    ready: Notify,
+    /// Cancelled once the connection is closing, for the reader and writer.
+    closed: CancellationToken,
+    /// Milliseconds since [`epoch`] when the client last sent anything.
+    last_seen_ms: AtomicU64,
+}
+
+/// A process-wide reference point, so that `last_seen` fits in an atomic.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Outbound {
+    pub fn new(capacity: usize) -> Self {
+        let out = Self {
+            queue: Mutex::new(Queue::default()),
+            capacity,
+            ready: Notify::new(),
+            closed: CancellationToken::new(),
+            last_seen_ms: AtomicU64::new(0),
+        };
+        out.touch();
+        out
+    }
+
+    /// Records that the client sent something.
+    pub fn touch(&self) {
+        let ms = epoch().elapsed().as_millis() as u64;
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Queues a pong for the client's ping.
+    pub fn push_pong(&self, payload: Bytes) {
+        let mut q = self.queue.lock();
+        if q.closing.is_none() {
+            q.pongs.push(payload);
+            drop(q);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Starts closing with the client's own close payload echoed.
+    pub fn close_echo(&self, payload: Bytes) {
+        self.begin_close(Closing::Echo(payload));
+    }
+
+    fn begin_close(&self, closing: Closing) {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return;
+        }
+        q.closing = Some(closing);
+        drop(q);
+        self.ready.notify_one();
+        self.closed.cancel();
+    }
+
+    fn enqueue(&self, event: Bytes, published: Option<Instant>) -> bool {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return false;
+        }
+        if q.events.len() >= self.capacity {
+            // The client is not reading fast enough. What is queued is
+            // dropped with the connection; the client recovers with `since`.
+            q.events.clear();
+            q.closing = Some(Closing::Server(CloseCode::Policy, "slow consumer"));
+            drop(q);
+            metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            self.ready.notify_one();
+            self.closed.cancel();
+            return false;
+        }
+        let was_empty = q.events.is_empty();
+        q.events.push_back((event, published));
+        drop(q);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Waits until there is something to write, then takes all of it.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            {
+                let mut q = self.queue.lock();
+                if !q.events.is_empty() || !q.pongs.is_empty() || q.closing.is_some() {
+                    return Batch {
+                        events: q.events.drain(..).collect(),
+                        pongs: std::mem::take(&mut q.pongs),
+                        closing: q.closing.clone(),
+                    };
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Resolves once the connection is closing.
+    pub async fn closing(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// The close reason, once closing; `None` while open.
+    pub fn closing_reason(&self) -> Option<Closing> {
+        self.queue.lock().closing.clone()
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        epoch().elapsed().saturating_sub(Duration::from_millis(
+            self.last_seen_ms.load(Ordering::Relaxed),
+        ))
+    }
+}
+
+impl EventSink for Outbound {
+    fn push(&self, event: Bytes) -> bool {
+        self.enqueue(event, None)
+    }
+
+    fn deliver(&self, event: Bytes, published: Instant) -> bool {
+        self.enqueue(event, Some(published))
+    }
+
+    fn close(&self, code: CloseCode, reason: &'static str) {
+        self.begin_close(Closing::Server(code, reason));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    fn last_seen(&self) -> Instant {
+        epoch() + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_closes_as_slow_consumer_without_waiting() {
+        let out = Outbound::new(2);
+        assert!(out.push(Bytes::from_static(b"a")));
+        assert!(out.push(Bytes::from_static(b"b")));
+        assert!(!out.push(Bytes::from_static(b"c")));
+        assert!(out.is_closed());
+        let batch = out.next_batch().await;
+        assert!(batch.events.is_empty());
+        assert!(matches!(
+            batch.closing,
+            Some(Closing::Server(CloseCode::Policy, "slow consumer"))
+        ));
+        assert!(!out.push(Bytes::from_static(b"d")));
+    }
+
+    #[tokio::test]
+    async fn batch_takes_everything_queued() {
+        let out = Outbound::new(10);
+        for i in 0..5u8 {
+            out.push(Bytes::from(vec![i]));
+        }
+        out.push_pong(Bytes::from_static(b"p"));
+        let batch = out.next_batch().await;
+        assert_eq!(batch.events.len(), 5);
+        assert_eq!(batch.pongs.len(), 1);
+        assert!(batch.closing.is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! Starts real `switchboard` processes on free 127.0.0.1 ports and talks to
+//! them over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchboard_client::{Client, ConnectOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts a node with these `SWITCHBOARD__…` variables (on top of a free
+    /// port and quiet defaults).
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_with(env, None).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    pub fn start_with(env: &[(&str, &str)], config: Option<&str>) -> Result<Server, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.env("SWITCHBOARD__HTTP__LISTEN", "127.0.0.1:0")
+            .env("SWITCHBOARD__SHUTDOWN__DRAIN_S", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(path) = config {
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening") {
+                        if let Some(addr) = field(&line, "addr") {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Server { child, addr, logs }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(logs.lock().unwrap().join("\n"))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        Client::connect(&self.addr, ConnectOptions::user(user))
+            .await
+            .unwrap_or_else(|e| panic!("connect {user}: {e}"))
+    }
+
+    pub async fn connect(
+        &self,
+        opts: ConnectOptions,
+    ) -> Result<Client, switchboard_client::ClientError> {
+        Client::connect(&self.addr, opts).await
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One HTTP/1.1 request; returns (status, body).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        http(&self.addr, method, path, headers, body).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+}
+
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
+        .await
+        .expect("http timeout")
+        .expect("read");
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status = resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// MessagePack bytes of a value.
+pub fn mp(v: &rmpv::Value) -> Vec<u8> {
+    let mut buf = Vec::new();
+    rmpv::encode::write_value(&mut buf, v).unwrap();
+    buf
+}

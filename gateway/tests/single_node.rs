@@ -1,0 +1,833 @@
+//! The whole protocol against one real `switchboard` process, over real
+//! WebSockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{mp, Server, WAIT};
+use rmpv::Value;
+use switchboard_client::{encode_command, ClientError, ConnectOptions, Field};
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+#[tokio::test]
+async fn hello_and_subprotocol() {
+    let s = Server::start(&[("SWITCHBOARD__NODE__NAME", "n-hello")]);
+    let c = s
+        .connect(ConnectOptions {
+            user: Some("alice".into()),
+            subprotocol: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.subprotocol.as_deref(), Some("switchboard.v1"));
+    let h = &c.hello;
+    assert_eq!(h.u64("v"), Some(1));
+    assert_eq!(h.str("node"), Some("n-hello"));
+    assert_eq!(h.str("user"), Some("alice"));
+    assert_eq!(h.u64("heartbeat_ms"), Some(30000));
+    assert_eq!(h.u64("max_frame"), Some(65536));
+    assert!(!h.str("conn").unwrap().is_empty());
+
+    let anon = s.connect(ConnectOptions::default()).await.unwrap();
+    assert_eq!(anon.subprotocol, None);
+    let user = anon.hello.str("user").unwrap();
+    assert_eq!(user, format!("anon-{}", anon.hello.str("conn").unwrap()));
+}
+
+#[tokio::test]
+async fn join_pub_msg_leave_ping() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    let mut b = s.client("bob").await;
+    let ok = a.join("lobby").await.unwrap();
+    assert_eq!(ok.str("room"), Some("lobby"));
+    assert_eq!(ok.u64("offset"), Some(0));
+    assert!(ok.get("recovered").is_none());
+    let epoch = ok.str("epoch").unwrap().to_owned();
+    let ok = b.join("lobby").await.unwrap();
+    assert_eq!(ok.str("epoch"), Some(epoch.as_str()));
+
+    assert_eq!(b.publish("lobby", "hi".into()).await.unwrap(), 1);
+    for c in [&mut a, &mut b] {
+        let m = c.next_op("msg", WAIT).await.unwrap();
+        assert_eq!(m.str("room"), Some("lobby"));
+        assert_eq!(m.u64("offset"), Some(1));
+        assert_eq!(m.str("from"), Some("bob"));
+        assert_eq!(m.get("data"), Some(&Value::from("hi")));
+    }
+    a.leave("lobby").await.unwrap();
+    assert_eq!(b.publish("lobby", 2.into()).await.unwrap(), 2);
+    b.next_op("msg", WAIT).await.unwrap();
+    a.ping().await.unwrap();
+    assert!(
+        a.pending().all(|e| e.op() != "msg"),
+        "left member got a msg"
+    );
+    // Leaving a room you are not in is ok.
+    a.leave("never-joined").await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_command_gets_pong() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    let ev = a.request(vec![("op", "ping".into())]).await.unwrap();
+    assert_eq!(ev.op(), "pong");
+}
+
+#[tokio::test]
+async fn data_passes_through_byte_for_byte() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    a.join("raw").await.unwrap();
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![0xcc, 0x05],                   // 5 as uint8, not the shortest form
+        vec![0xd3, 0, 0, 0, 0, 0, 0, 0, 7], // 7 as int64
+        vec![0xca, 0x3f, 0x80, 0, 0],       // float32 1.0
+        vec![0xc4, 3, 1, 2, 3],             // bin
+        vec![0xd6, 0xff, 0, 0, 0, 1],       // timestamp ext
+        vec![0xc0],                         // nil
+        mp(&map(vec![(
+            "nested",
+            Value::Array(vec![1.into(), "x".into(), Value::Nil]),
+        )])),
+        vec![0xdb, 0, 0, 0, 2, b'h', b'i'], // str32 for a short string
+    ];
+    for p in &payloads {
+        let ev = a
+            .request(vec![
+                ("op", "pub".into()),
+                ("room", "raw".into()),
+                ("data", Field::Raw(p.clone())),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ev.op(), "ok", "{ev:?}");
+        let m = a.next_op("msg", WAIT).await.unwrap();
+        assert_eq!(m.data_raw(), Some(&p[..]));
+    }
+    // Direct messages too.
+    let mut b = s.client("bob").await;
+    let ev = a
+        .request(vec![
+            ("op", "send".into()),
+            ("to", "bob".into()),
+            ("data", Field::Raw(payloads[0].clone())),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ev.u64("delivered"), Some(1));
+    let dm = b.next_op("dm", WAIT).await.unwrap();
+    assert_eq!(dm.str("from"), Some("alice"));
+    assert_eq!(dm.data_raw(), Some(&payloads[0][..]));
+}
+
+#[tokio::test]
+async fn batched_commands_in_one_message() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    let mut batch = Vec::new();
+    batch.extend(encode_command(&[
+        ("op", "join".into()),
+        ("room", "b".into()),
+        ("id", 1u64.into()),
+    ]));
+    batch.extend(encode_command(&[
+        ("op", "pub".into()),
+        ("room", "b".into()),
+        ("data", "x".into()),
+        ("id", 2u64.into()),
+    ]));
+    batch.extend(encode_command(&[
+        ("op", "bogus".into()),
+        ("id", 3u64.into()),
+    ]));
+    batch.extend(encode_command(&[
+        ("op", "ping".into()),
+        ("id", 4u64.into()),
+    ]));
+    a.send_binary(batch).await.unwrap();
+    assert_eq!(a.reply(1, WAIT).await.unwrap().op(), "ok");
+    assert_eq!(a.reply(2, WAIT).await.unwrap().u64("offset"), Some(1));
+    let e = a.reply(3, WAIT).await.unwrap();
+    assert_eq!((e.op(), e.u64("code")), ("err", Some(400)));
+    assert_eq!(a.reply(4, WAIT).await.unwrap().op(), "pong");
+    assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(1));
+}
+
+#[tokio::test]
+async fn bad_commands_get_400_naming_the_field_and_keep_the_connection() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    let cases: Vec<(Vec<(&str, Field)>, &str)> = vec![
+        (
+            vec![("op", "join".into()), ("room", "has space".into())],
+            "room:",
+        ),
+        (vec![("op", "join".into())], "room: missing"),
+        (
+            vec![("op", "join".into()), ("room", Field::Value(5.into()))],
+            "room: must be a string",
+        ),
+        (
+            vec![("op", "pub".into()), ("room", "r".into())],
+            "data: missing",
+        ),
+        (
+            vec![("op", "send".into()), ("data", "x".into())],
+            "to: missing",
+        ),
+        (vec![("op", "nope".into())], "op: unknown op"),
+        (vec![("room", "r".into())], "op: missing"),
+        (
+            vec![
+                ("op", "pub".into()),
+                ("room", "r".into()),
+                ("data", 1u64.into()),
+                ("msg_id", Field::Value("m".repeat(65).into())),
+            ],
+            "msg_id:",
+        ),
+        (
+            vec![
+                ("op", "join".into()),
+                ("room", Field::Value("r".repeat(129).into())),
+            ],
+            "room:",
+        ),
+    ];
+    for (fields, reason) in cases {
+        let e = a.request(fields).await.unwrap();
+        assert_eq!(e.op(), "err");
+        assert_eq!(e.u64("code"), Some(400));
+        assert!(
+            e.str("reason").unwrap().starts_with(reason),
+            "{:?} !~ {reason}",
+            e.str("reason")
+        );
+    }
+    // Not MessagePack at all: err with id 0.
+    a.send_binary(vec![0xc1, 0x00]).await.unwrap();
+    let e = a.next_op("err", WAIT).await.unwrap();
+    assert_eq!((e.u64("id"), e.u64("code")), (Some(0), Some(400)));
+    // Invalid UTF-8 in a room name.
+    let mut bad = encode_command(&[("op", "join".into()), ("id", 77u64.into())]);
+    bad[0] += 1;
+    bad.extend([0xa4, b'r', b'o', b'o', b'm', 0xa2, 0xff, 0xfe]);
+    a.send_binary(bad).await.unwrap();
+    let e = a.reply(77, WAIT).await.unwrap();
+    assert_eq!(e.u64("code"), Some(400));
+    // Deeply nested data.
+    let deep = [vec![0x91; 100], vec![0x01]].concat();
+    let e = a
+        .request(vec![
+            ("op", "pub".into()),
+            ("room", "r".into()),
+            ("data", Field::Raw(deep)),
+        ])
+        .await;
+    // The nesting breaks the whole message, so the error has id 0.
+    match e {
+        Err(ClientError::Timeout) => {
+            let e = a.next_op("err", WAIT).await.unwrap();
+            assert!(e.str("reason").unwrap().contains("nested deeper"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Still connected and working.
+    a.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn text_frame_is_400_then_1003() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    a.send_text("{\"op\":\"ping\"}").await.unwrap();
+    let (code, _) = a.closed(WAIT).await.unwrap();
+    assert_eq!(code, 1003);
+    let e = a.next_op("err", Duration::ZERO).await.unwrap();
+    assert_eq!(e.u64("code"), Some(400));
+}
+
+#[tokio::test]
+async fn frame_limit_exact_is_ok_one_more_is_1009() {
+    let s = Server::start(&[("SWITCHBOARD__LIMITS__MAX_FRAME_BYTES", "2048")]);
+    let mut a = s.client("alice").await;
+    let head = encode_command(&[
+        ("op", "ping".into()),
+        ("id", 1u64.into()),
+        ("pad", Field::Raw(vec![])),
+    ]);
+    // head ends with the key "pad"; pad it with a bin value to the limit.
+    let make = |total: usize| {
+        let mut m = head.clone();
+        let n = total - m.len() - 3;
+        m.extend([0xc5, (n >> 8) as u8, n as u8]);
+        m.extend(std::iter::repeat_n(0u8, n));
+        m
+    };
+    a.send_binary(make(2048)).await.unwrap();
+    assert_eq!(a.reply(1, WAIT).await.unwrap().op(), "pong");
+    a.send_binary(make(2049)).await.unwrap();
+    let (code, _) = a.closed(WAIT).await.unwrap();
+    assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn recovery_with_since() {
+    let s = Server::start(&[("SWITCHBOARD__HISTORY__SIZE", "5")]);
+    let mut p = s.client("pub").await;
+    let ok = p.join("r").await.unwrap();
+    let epoch = ok.str("epoch").unwrap().to_owned();
+    for i in 1..=3u64 {
+        assert_eq!(p.publish("r", i.into()).await.unwrap(), i);
+    }
+    // A client that saw offset 1 comes back.
+    let mut c = s.client("late").await;
+    let ok = c.join_since("r", &epoch, 1).await.unwrap();
+    assert_eq!(ok.bool("recovered"), Some(true));
+    assert_eq!(ok.u64("offset"), Some(3));
+    for want in [2u64, 3] {
+        let m = c.next_op("msg", WAIT).await.unwrap();
+        assert_eq!(m.u64("offset"), Some(want));
+    }
+    // New messages follow the replay without a gap.
+    p.publish("r", 4.into()).await.unwrap();
+    assert_eq!(c.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(4));
+
+    // Other epoch: nothing replayed, recovered false.
+    let mut d = s.client("d").await;
+    let ok = d.join_since("r", "not-the-epoch", 1).await.unwrap();
+    assert_eq!(ok.bool("recovered"), Some(false));
+    // History no longer reaches back (size 5, 10 messages).
+    for i in 5..=10u64 {
+        p.publish("r", i.into()).await.unwrap();
+    }
+    let mut e = s.client("e").await;
+    let ok = e.join_since("r", &epoch, 2).await.unwrap();
+    assert_eq!(ok.bool("recovered"), Some(false));
+    let ok = e.join_since("r2", &epoch, 0).await.unwrap();
+    assert_eq!(ok.bool("recovered"), Some(false));
+    e.ping().await.unwrap();
+    assert!(d
+        .pending()
+        .chain(e.pending())
+        .all(|ev| ev.op() != "msg" || ev.u64("offset") > Some(10)));
+}
+
+#[tokio::test]
+async fn msg_id_retry_is_not_published_twice() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    a.join("r").await.unwrap();
+    let publish = |id: &str| {
+        vec![
+            ("op", Field::from("pub")),
+            ("room", "r".into()),
+            ("data", "x".into()),
+            ("msg_id", Field::Value(id.into())),
+        ]
+    };
+    let first = a.call(publish("m-1")).await.unwrap().u64("offset");
+    let again = a.call(publish("m-1")).await.unwrap().u64("offset");
+    let other = a.call(publish("m-2")).await.unwrap().u64("offset");
+    assert_eq!(first, Some(1));
+    assert_eq!(again, Some(1));
+    assert_eq!(other, Some(2));
+    assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(1));
+    assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(2));
+}
+
+#[tokio::test]
+async fn presence_joined_left_on_close() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    a.join("room").await.unwrap();
+    assert_eq!(
+        a.next_op("joined", WAIT).await.unwrap().str("user"),
+        Some("alice")
+    );
+    let mut b1 = s.client("bob").await;
+    b1.join("room").await.unwrap();
+    let j = a.next_op("joined", WAIT).await.unwrap();
+    assert_eq!((j.str("room"), j.str("user")), (Some("room"), Some("bob")));
+    // A second connection of bob: no new joined.
+    let mut b2 = s.client("bob").await;
+    b2.join("room").await.unwrap();
+    assert_eq!(a.presence("room").await.unwrap(), vec!["alice", "bob"]);
+    let (status, body) = s.http("GET", "/api/rooms/room/presence", &[], b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, r#"{"room":"room","users":["alice","bob"]}"#);
+    // One of bob's connections goes: still present, no left.
+    b1.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.presence("room").await.unwrap(), vec!["alice", "bob"]);
+    b2.close().await.unwrap();
+    let l = a.next_op("left", WAIT).await.unwrap();
+    assert_eq!(l.str("user"), Some("bob"));
+    assert_eq!(a.presence("room").await.unwrap(), vec!["alice"]);
+    assert_eq!(
+        a.pending().filter(|e| e.op() == "joined").count(),
+        0,
+        "joined once per user"
+    );
+    assert_eq!(
+        a.pending().filter(|e| e.op() == "left").count(),
+        0,
+        "left once per user"
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_expiry_of_a_frozen_client() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__HEARTBEAT__INTERVAL_MS", "200"),
+        ("SWITCHBOARD__HEARTBEAT__TIMEOUT_MS", "800"),
+    ]);
+    let mut watcher = s.client("watcher").await;
+    watcher.join("hb").await.unwrap();
+    let mut frozen = s.client("frozen").await;
+    frozen.join("hb").await.unwrap();
+    watcher.next_op("joined", WAIT).await.unwrap();
+    watcher.next_op("joined", WAIT).await.unwrap();
+    // `frozen` now neither reads nor answers pings; `watcher` keeps answering
+    // (reading answers pings) and pinging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        watcher.ping().await.unwrap();
+        if let Some(l) = watcher.pending().find(|e| e.op() == "left").cloned() {
+            break l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no left for the frozen client"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(left.str("user"), Some("frozen"));
+    let (code, _) = frozen.closed(WAIT).await.unwrap();
+    assert_eq!(code, 1001);
+    assert_eq!(watcher.presence("hb").await.unwrap(), vec!["watcher"]);
+}
+
+#[tokio::test]
+async fn publish_rate_limit_is_429_and_not_published() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "1"),
+        ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "3"),
+    ]);
+    let mut a = s.client("alice").await;
+    a.join("r").await.unwrap();
+    let mut codes = Vec::new();
+    for i in 0..5u64 {
+        let ev = a
+            .request(vec![
+                ("op", "pub".into()),
+                ("room", "r".into()),
+                ("data", i.into()),
+            ])
+            .await
+            .unwrap();
+        codes.push(if ev.op() == "ok" {
+            200
+        } else {
+            ev.u64("code").unwrap()
+        });
+    }
+    assert_eq!(codes, vec![200, 200, 200, 429, 429]);
+    a.ping().await.unwrap();
+    assert_eq!(a.pending().filter(|e| e.op() == "msg").count(), 3);
+}
+
+#[tokio::test]
+async fn rooms_per_connection_limit_is_429() {
+    let s = Server::start(&[("SWITCHBOARD__LIMITS__ROOMS_PER_CONNECTION", "2")]);
+    let mut a = s.client("alice").await;
+    a.join("a").await.unwrap();
+    a.join("b").await.unwrap();
+    a.join("a").await.unwrap(); // re-joining does not count twice
+    match a.join("c").await {
+        Err(ClientError::Server { code: 429, reason }) => {
+            assert!(reason.contains("rooms_per_connection"))
+        }
+        other => panic!("{other:?}"),
+    }
+    a.leave("a").await.unwrap();
+    a.join("c").await.unwrap();
+}
+
+#[tokio::test]
+async fn send_reaches_every_connection_or_404() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    let mut b1 = s.client("bob").await;
+    let mut b2 = s.client("bob").await;
+    assert_eq!(a.send_to("bob", "hey".into()).await.unwrap(), 2);
+    for b in [&mut b1, &mut b2] {
+        let dm = b.next_op("dm", WAIT).await.unwrap();
+        assert_eq!(
+            (dm.str("from"), dm.get("data")),
+            (Some("alice"), Some(&Value::from("hey")))
+        );
+    }
+    match a.send_to("nobody", 1.into()).await {
+        Err(ClientError::Server { code: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_and_nobody_else_waits() {
+    let s = Server::start(&[("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "16")]);
+    let mut fast = s.client("fast").await;
+    let mut slow = s.client("slow").await;
+    fast.join("flood").await.unwrap();
+    slow.join("flood").await.unwrap();
+    let mut publisher = s.client("pub").await;
+    let big = Value::Binary(vec![7u8; 16 * 1024]);
+    // `slow` never reads: its socket buffers fill, then its queue.
+    let n = 400u64;
+    for i in 1..=n {
+        let ev = publisher
+            .request(vec![
+                ("op", "pub".into()),
+                ("room", "flood".into()),
+                ("data", Field::Value(big.clone())),
+                ("msg_id", Field::Value(format!("m{i}").into())),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ev.u64("offset"), Some(i));
+        // `fast` reads everything in order as it goes.
+        let m = fast.next_op("msg", WAIT).await.unwrap();
+        assert_eq!(m.u64("offset"), Some(i));
+    }
+    let (code, reason) = slow.closed(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    let (_, metrics) = s.http("GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics.contains("switchboard_slow_consumers_total 1"),
+        "{metrics}"
+    );
+}
+
+fn jwt(secret: &str, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn jwt_refusals_before_upgrade_and_rooms_claim() {
+    let secret = "a-test-secret-that-is-long-enough!";
+    let s = Server::start(&[
+        ("SWITCHBOARD__AUTH__MODE", "jwt"),
+        ("SWITCHBOARD__AUTH__HS256_SECRET", secret),
+    ]);
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let (status, body) = s.http("GET", "/ws", &upgrade, b"").await;
+    assert_eq!(status, 401);
+    assert!(body.starts_with("missing token"), "{body}");
+    let expired = jwt(
+        secret,
+        serde_json::json!({"sub": "alice", "exp": now() - 10}),
+    );
+    let (status, body) = s
+        .http("GET", &format!("/ws?token={expired}"), &upgrade, b"")
+        .await;
+    assert_eq!((status, body.trim()), (401, "token expired"));
+    let forged = jwt(
+        "another-secret-another-secret-xx",
+        serde_json::json!({"sub": "alice", "exp": now() + 60}),
+    );
+    let (status, body) = s
+        .http("GET", &format!("/ws?token={forged}"), &upgrade, b"")
+        .await;
+    assert_eq!(status, 401);
+    assert!(body.starts_with("invalid token"), "{body}");
+    assert!(matches!(
+        s.connect(ConnectOptions {
+            token: Some(forged),
+            ..Default::default()
+        })
+        .await,
+        Err(ClientError::Refused { status: 401 })
+    ));
+
+    let good = jwt(
+        secret,
+        serde_json::json!({"sub": "alice", "exp": now() + 60, "rooms": ["team-7:*"]}),
+    );
+    let mut a = s
+        .connect(ConnectOptions {
+            bearer: Some(good),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.hello.str("user"), Some("alice"));
+    a.join("team-7:general").await.unwrap();
+    match a.join("team-8:general").await {
+        Err(ClientError::Server { code: 403, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    match a.publish("team-8:general", 1.into()).await {
+        Err(ClientError::Server { code: 403, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let all = jwt(secret, serde_json::json!({"sub": "bob", "exp": now() + 60}));
+    let mut b = s
+        .connect(ConnectOptions {
+            token: Some(all),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    b.join("team-8:general").await.unwrap();
+}
+
+#[tokio::test]
+async fn http_publish_with_and_without_the_key() {
+    let s = Server::start(&[("SWITCHBOARD__API__KEY", "sekret")]);
+    let mut a = s.client("alice").await;
+    a.join("news").await.unwrap();
+    let body = br#"{"room":"news","data":{"headline":"hi","n":3}}"#;
+    let (status, _) = s
+        .http(
+            "POST",
+            "/api/publish",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .http(
+            "POST",
+            "/api/publish",
+            &[("Authorization", "Bearer wrong")],
+            body,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, resp) = s
+        .http(
+            "POST",
+            "/api/publish",
+            &[("Authorization", "Bearer sekret")],
+            body,
+        )
+        .await;
+    assert_eq!(
+        (status, resp.as_str()),
+        (200, r#"{"offset":1,"room":"news"}"#)
+    );
+    let m = a.next_op("msg", WAIT).await.unwrap();
+    assert_eq!(m.str("from"), Some("api"));
+    let data = m.get("data").unwrap();
+    assert_eq!(data["headline"].as_str(), Some("hi"));
+    // MessagePack body: data kept byte for byte.
+    let raw = [0xcd, 0x00, 0x05];
+    let mut body = vec![
+        0x82, 0xa4, b'r', b'o', b'o', b'm', 0xa4, b'n', b'e', b'w', b's', 0xa4, b'd', b'a', b't',
+        b'a',
+    ];
+    body.extend(raw);
+    let (status, _) = s
+        .http(
+            "POST",
+            "/api/publish",
+            &[
+                ("Authorization", "Bearer sekret"),
+                ("Content-Type", "application/msgpack"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        a.next_op("msg", WAIT).await.unwrap().data_raw(),
+        Some(&raw[..])
+    );
+    let (status, _) = s
+        .http(
+            "POST",
+            "/api/publish",
+            &[("Authorization", "Bearer sekret")],
+            br#"{"room":"bad room","data":1}"#,
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn metrics_exports_every_name() {
+    let s = Server::start(&[]);
+    let mut a = s.client("alice").await;
+    a.join("m").await.unwrap();
+    a.publish("m", 1.into()).await.unwrap();
+    a.next_op("msg", WAIT).await.unwrap();
+    let (status, body) = s.http("GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    for name in [
+        "switchboard_connections ",
+        "switchboard_connections_opened_total ",
+        "switchboard_connections_closed_total{reason=",
+        "switchboard_rooms ",
+        "switchboard_messages_published_total 1",
+        "switchboard_messages_delivered_total 1",
+        "switchboard_slow_consumers_total ",
+        "switchboard_presence_users ",
+        "switchboard_cluster_nodes 1",
+        "switchboard_cluster_messages_total{direction=\"in\"}",
+        "switchboard_publish_to_delivery_seconds_bucket",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+    assert_eq!(s.http("GET", "/healthz", &[], b"").await.0, 200);
+    assert_eq!(s.http("GET", "/readyz", &[], b"").await.0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_1012_and_exits_0() {
+    let mut s = Server::start(&[("SWITCHBOARD__SHUTDOWN__DRAIN_S", "2")]);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(s.client(&format!("u{i}")).await);
+    }
+    let started = std::time::Instant::now();
+    s.signal("TERM");
+    let addr = s.addr.clone();
+    // While draining, readiness fails.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready =
+        tokio::spawn(async move { common::http(&addr, "GET", "/readyz", &[], b"").await.0 });
+    let mut closed_at = Vec::new();
+    for c in &mut clients {
+        let (code, _) = c.closed(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(code, 1012);
+        closed_at.push(started.elapsed());
+    }
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status:?}\n{}", s.logs());
+    // Closes were spread over the window, not all at once.
+    let first = closed_at.iter().min().unwrap();
+    let last = closed_at.iter().max().unwrap();
+    assert!(
+        *last - *first >= Duration::from_millis(800),
+        "{closed_at:?}"
+    );
+    // The listener may already be closed; if it answered, it said 503.
+    if let Ok(status) = ready.await {
+        assert_eq!(status, 503);
+    }
+}
+
+#[tokio::test]
+async fn bad_config_value_is_refused_naming_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("limits.outbound_queue"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env("SWITCHBOARD__HEARTBEAT__INTERVAL_MS", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat.interval_ms"));
+}
+
+#[tokio::test]
+async fn a_crashed_room_restarts_and_members_lose_nothing() {
+    let s = Server::start(&[("SWITCHBOARD__DEBUG__FAULTS", "true")]);
+    let mut a = s.client("alice").await;
+    let mut p = s.client("pub").await;
+    a.join("fragile").await.unwrap();
+    let epoch = p
+        .join("fragile")
+        .await
+        .unwrap()
+        .str("epoch")
+        .unwrap()
+        .to_owned();
+    p.publish("fragile", 1.into()).await.unwrap();
+    let (status, _) = s.http("POST", "/debug/rooms/fragile/crash", &[], b"").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.publish("fragile", 2.into()).await.unwrap();
+    assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(1));
+    assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(2));
+    // Same sequencer state: same epoch, history intact.
+    let mut late = s.client("late").await;
+    let ok = late.join_since("fragile", &epoch, 0).await.unwrap();
+    assert_eq!(
+        (ok.bool("recovered"), ok.u64("offset")),
+        (Some(true), Some(2))
+    );
+    assert!(s.logs().contains("room failed; restarting it"));
+}
+
+#[tokio::test]
+async fn idle_sessions_passivate_and_wake() {
+    let s = Server::start(&[("SWITCHBOARD__SESSION__PASSIVATE_MS", "100")]);
+    let mut a = s.client("alice").await;
+    a.join("p").await.unwrap();
+    for i in 1..=3u64 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.publish("p", i.into()).await.unwrap(), i);
+        assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(i));
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_blocks_nobody() {
+    let s = Server::start(&[]);
+    let mut stuck = s.client("stuck").await;
+    stuck.join("r").await.unwrap();
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let mut c = s.client(&format!("reader{i}")).await;
+        c.join("r").await.unwrap();
+        readers.push(c);
+    }
+    let mut p = s.client("pub").await;
+    // Enough to fill `stuck`'s socket buffers many times over, but not its queue.
+    let chunk = Value::Binary(vec![1u8; 8 * 1024]);
+    for i in 1..=200u64 {
+        p.request(vec![
+            ("op", "pub".into()),
+            ("room", "r".into()),
+            ("data", Field::Value(chunk.clone())),
+        ])
+        .await
+        .unwrap();
+        for r in &mut readers {
+            assert_eq!(r.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(i));
+        }
+    }
+}
