@@ -62,7 +62,7 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
         Self {
-            mode: settings.mode.clone(),
+            mode: settings.mode,
             key: settings
                 .hs256_secret
                 .as_ref()

@@ -66,12 +66,12 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             r
         }
         (&Method::POST, "/api/publish") => match check_api_key(&node, &req) {
-            Err(r) => r,
+            Err(r) => *r,
             Ok(()) => publish(node, req).await,
         },
         (&Method::GET, p) if p.starts_with("/api/rooms/") && p.ends_with("/presence") => {
             match check_api_key(&node, &req) {
-                Err(r) => r,
+                Err(r) => *r,
                 Ok(()) => {
                     let room = &p["/api/rooms/".len()..p.len() - "/presence".len()];
                     presence(&node, room).await
@@ -135,15 +135,15 @@ fn websocket(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Resp> {
+fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Box<Resp>> {
     let Some(key) = &node.settings.api.key else {
         return if node.settings.auth.mode == switchboard_config::AuthMode::None {
             Ok(())
         } else {
-            Err(json_error(
+            Err(Box::new(json_error(
                 StatusCode::UNAUTHORIZED,
                 "api.key is not configured; the HTTP API is off",
-            ))
+            )))
         };
     };
     let given = req
@@ -155,11 +155,14 @@ fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Resp> {
         .map(|(_, k)| k.trim());
     match given {
         Some(k) if constant_time_eq(k.as_bytes(), key.as_bytes()) => Ok(()),
-        Some(_) => Err(json_error(StatusCode::UNAUTHORIZED, "wrong api key")),
-        None => Err(json_error(
+        Some(_) => Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "wrong api key",
+        ))),
+        None => Err(Box::new(json_error(
             StatusCode::UNAUTHORIZED,
             "missing api key (Authorization: Bearer <api.key>)",
-        )),
+        ))),
     }
 }
 

@@ -83,9 +83,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     });
 
+    // The listener stays open while draining, so that `/readyz` answers 503
+    // and `/metrics` can still be scraped; `/ws` refuses upgrades meanwhile.
+    let stop_accepting = CancellationToken::new();
+    let acceptor = tokio::spawn(accept_loop(listener, node.clone(), stop_accepting.clone()));
+    shutdown.cancelled().await;
+    node.drain(drain).await;
+    stop_accepting.cancel();
+    let _ = acceptor.await;
+    root.stop(None);
+    let _ = upkeep.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, _) = match accepted {
@@ -111,12 +126,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             }
         });
     }
-    drop(listener);
-    node.drain(drain).await;
-    root.stop(None);
-    let _ = upkeep.await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// The node's shared context type, for the binary's wiring.

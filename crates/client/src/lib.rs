@@ -167,6 +167,11 @@ impl Client {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let mut ws = ws;
+        // Pongs and close echoes are written by hand so that a write to a
+        // socket the server already closed does not hide its close frame.
+        ws.set_auto_pong(false);
+        ws.set_auto_close(false);
         let mut client = Client {
             ws: FragmentCollector::new(ws),
             events: VecDeque::new(),
@@ -379,8 +384,20 @@ impl Client {
                 }
                 Ok(())
             }
+            OpCode::Ping => {
+                let payload = Vec::from(frame.payload);
+                let _ = self
+                    .ws
+                    .write_frame(Frame::pong(Payload::Owned(payload)))
+                    .await;
+                Ok(())
+            }
             OpCode::Close => {
                 let payload = Vec::from(frame.payload);
+                let _ = self
+                    .ws
+                    .write_frame(Frame::close_raw(Payload::Owned(payload.clone())))
+                    .await;
                 let code = payload
                     .get(..2)
                     .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
