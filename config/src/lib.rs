@@ -85,6 +85,8 @@ impl Default for HttpSettings {
 pub struct ClusterSettings {
     /// Address of the inter-node listener; unset means a single node.
     pub listen: Option<SocketAddr>,
+    /// Host (name or IP) peers reach this node at; default: the listen IP.
+    pub advertise: Option<String>,
     /// Peers to dial, as `host:port`.
     #[serde(deserialize_with = "list_or_commas")]
     pub seeds: Vec<String>,
@@ -98,6 +100,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             listen: None,
+            advertise: None,
             seeds: Vec::new(),
             dns: None,
             cookie: "switchboard-dev-cookie".into(),

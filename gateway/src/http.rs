@@ -51,10 +51,12 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         (&Method::GET, "/ws") => websocket(node, req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
-            if node.draining.load(Ordering::SeqCst) {
+            if node.is_ready() {
+                text(StatusCode::OK, "ready")
+            } else if node.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining")
             } else {
-                text(StatusCode::OK, "ready")
+                text(StatusCode::SERVICE_UNAVAILABLE, "joining the cluster")
             }
         }
         (&Method::GET, "/metrics") => {
@@ -214,6 +216,7 @@ async fn publish(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
         data,
         msg_id,
         reply: PublishReply::Offset(tx),
+        hops: 0,
     };
     if let Err(e) = node
         .rooms

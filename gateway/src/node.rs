@@ -11,6 +11,9 @@ use switchboard_config::Settings;
 use switchboard_presence::PresenceHandle;
 use switchboard_protocol::{CloseCode, ConnId, EventSink};
 
+use switchboard_presence::PeerLink;
+use switchboard_router::cluster::wire::Wire;
+use switchboard_router::cluster::{Cluster, ClusterApp};
 use switchboard_router::{Member, MembershipObserver, RoomSettings, RoomSupervisor, Rooms};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,7 @@ pub struct NodeCtx {
     pub settings: Settings,
     pub rooms: Rooms,
     pub presence: PresenceHandle,
+    pub cluster: Cluster,
     pub auth: Authenticator,
     /// Open connections, for draining.
     pub conns: DashMap<ConnId, Arc<Outbound>>,
@@ -47,6 +51,48 @@ impl MembershipObserver for PresenceObserver {
 
     fn left(&self, room: &Arc<str>, conn: ConnId) {
         self.0.leave(room.clone(), conn);
+    }
+}
+
+/// Presence replicates to peers over the cluster.
+struct ClusterLink(Cluster);
+
+impl PeerLink for ClusterLink {
+    fn send(&self, node: &str, payload: Vec<u8>) {
+        let msg = Wire::Presence {
+            node: self.0.me().to_string(),
+            payload: payload.into(),
+        };
+        self.0.send(node, &msg);
+    }
+
+    fn broadcast(&self, payload: Vec<u8>) {
+        let msg = Wire::Presence {
+            node: self.0.me().to_string(),
+            payload: payload.into(),
+        };
+        self.0.broadcast(&msg);
+    }
+}
+
+/// The cluster reaches presence through this.
+struct PresenceApp(PresenceHandle);
+
+impl ClusterApp for PresenceApp {
+    fn peer_up(&self, node: &str) {
+        self.0.peer_up(node);
+    }
+
+    fn peer_down(&self, node: &str) {
+        self.0.peer_down(node);
+    }
+
+    fn presence(&self, node: &str, payload: &[u8]) {
+        self.0.remote(node, payload);
+    }
+
+    fn dm(&self, to: &str, event: switchboard_protocol::Bytes) -> u64 {
+        self.0.send(to, &event)
     }
 }
 
@@ -132,11 +178,14 @@ pub async fn start(
         .map_err(|e| spawn_err("node supervisor", &e))?;
     let root = root.get_cell();
 
+    let cluster = Cluster::new(&settings.node.name);
     let hb = &settings.heartbeat;
     let sweep = (hb.timeout() / 10).clamp(Duration::from_millis(50), Duration::from_secs(5));
-    let (presence, _) = PresenceHandle::start(hb.timeout(), sweep, Some(root.clone()))
+    let link: Arc<dyn PeerLink> = Arc::new(ClusterLink(cluster.clone()));
+    let (presence, _) = PresenceHandle::start(hb.timeout(), sweep, Some(link), Some(root.clone()))
         .await
         .map_err(|e| spawn_err("presence", &e))?;
+    cluster.set_app(Arc::new(PresenceApp(presence.clone())));
 
     let room_settings = RoomSettings {
         history_size: settings.history.size,
@@ -144,9 +193,32 @@ pub async fn start(
         tick: Duration::from_secs(1).min(settings.history.ttl()),
     };
     let observer = Arc::new(PresenceObserver(presence.clone()));
-    let (rooms, _) = RoomSupervisor::start(room_settings, observer, Some(root.clone()))
+    let (rooms, _) =
+        RoomSupervisor::start(room_settings, cluster.clone(), observer, Some(root.clone()))
+            .await
+            .map_err(|e| spawn_err("rooms", &e))?;
+    if let Some(listen) = settings.cluster.listen {
+        let c = &settings.cluster;
+        let membership = switchboard_router::cluster::ClusterSettings {
+            listen,
+            advertise: c
+                .advertise
+                .clone()
+                .unwrap_or_else(|| listen.ip().to_string()),
+            seeds: c.seeds.clone(),
+            dns: c.dns.clone(),
+            cookie: c.cookie.clone(),
+        };
+        switchboard_router::cluster::start(
+            cluster.clone(),
+            membership,
+            root.clone(),
+            shutdown.clone(),
+        )
         .await
-        .map_err(|e| spawn_err("rooms", &e))?;
+        .map_err(|e| spawn_err("cluster", &e))?;
+        tracing::info!(%listen, "cluster listener started");
+    }
 
     let sessions = Arc::new(DashMap::new());
     let (connections, _) = Actor::spawn_linked(None, Connections, sessions.clone(), root.clone())
@@ -158,6 +230,7 @@ pub async fn start(
         settings,
         rooms,
         presence,
+        cluster,
         auth,
         conns: DashMap::new(),
         sessions,
@@ -170,6 +243,12 @@ pub async fn start(
 }
 
 impl NodeCtx {
+    /// Serving: not draining, and (in a cluster) the seeds have been tried.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::SeqCst)
+            && (self.settings.cluster.listen.is_none() || self.cluster.is_ready())
+    }
+
     /// Closes every connection with 1012, spread over `drain` so that
     /// clients do not all reconnect at once, then waits (up to a grace) for
     /// them to be gone.

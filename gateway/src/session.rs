@@ -256,6 +256,7 @@ impl Conn {
                     data,
                     msg_id,
                     reply,
+                    hops: 0,
                 };
                 self.node
                     .rooms
@@ -264,7 +265,14 @@ impl Conn {
                     .map_err(|e| unavailable(&e))?;
             }
             CommandKind::Send { to, data } => {
-                let delivered = self.node.presence.send(&to, &event::dm(&self.user, &data));
+                let dm = event::dm(&self.user, &data);
+                let mut delivered = self.node.presence.send(&to, &dm);
+                // Once to each other node where the user has connections.
+                let remote = self.node.presence.nodes_of(&to);
+                let counts = remote
+                    .iter()
+                    .map(|node| self.node.cluster.dm(node, &to, &dm));
+                delivered += futures_sum(counts).await;
                 if delivered == 0 {
                     return Err(CommandError::new(
                         id,
@@ -360,6 +368,20 @@ impl Actor for Session {
         state.conn.node.sessions.remove(&myself.get_id());
         Ok(())
     }
+}
+
+async fn futures_sum<F: std::future::Future<Output = u64>>(
+    futures: impl Iterator<Item = F>,
+) -> u64 {
+    let mut total = 0;
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(f);
+    }
+    for f in set {
+        total += f.await;
+    }
+    total
 }
 
 /// How long the writer waits on a socket that will not take more bytes once

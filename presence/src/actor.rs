@@ -1,11 +1,12 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_protocol::{event, Bytes, CloseCode, ConnId, EventSink};
 
-use crate::handle::Registry;
+use crate::handle::{Registry, RemoteUsers};
+use crate::replication::{PeerLink, Replication};
 
 pub enum PresenceMsg {
     /// A connection is online (it may receive `send`).
@@ -26,6 +27,12 @@ pub enum PresenceMsg {
     },
     /// Expire connections whose client has been silent too long.
     Sweep,
+    /// A peer node became reachable: send it a snapshot.
+    PeerUp { node: Arc<str> },
+    /// A peer node was lost: its entries go (and `left` follows).
+    PeerDown { node: Arc<str> },
+    /// Replication from a peer node.
+    Remote { node: Arc<str>, payload: Vec<u8> },
 }
 
 impl ractor::Message for PresenceMsg {}
@@ -34,6 +41,8 @@ pub struct Presence;
 
 pub struct PresenceArgs {
     pub(crate) registry: Arc<Registry>,
+    pub(crate) remote_users: Arc<RemoteUsers>,
+    pub(crate) link: Option<Arc<dyn PeerLink>>,
     pub(crate) timeout: Duration,
     pub(crate) sweep_every: Duration,
 }
@@ -46,16 +55,26 @@ struct Conn {
 
 #[derive(Default)]
 struct RoomEntries {
-    /// Connections per user: `joined` at the first, `left` after the last.
+    /// Local connections per user.
     users: BTreeMap<Arc<str>, u32>,
     conns: HashSet<ConnId>,
 }
 
+/// What a peer node has replicated here.
+#[derive(Default)]
+struct Peer {
+    users: HashSet<Arc<str>>,
+    entries: HashSet<(Arc<str>, Arc<str>)>,
+}
+
 pub struct PresenceState {
     registry: Arc<Registry>,
+    remote_users: Arc<RemoteUsers>,
+    link: Option<Arc<dyn PeerLink>>,
     timeout: Duration,
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<Arc<str>, RoomEntries>,
+    peers: HashMap<Arc<str>, Peer>,
 }
 
 impl Actor for Presence {
@@ -71,9 +90,12 @@ impl Actor for Presence {
         myself.send_interval(args.sweep_every, || PresenceMsg::Sweep);
         Ok(PresenceState {
             registry: args.registry,
+            remote_users: args.remote_users,
+            link: args.link,
             timeout: args.timeout,
             conns: HashMap::new(),
             rooms: HashMap::new(),
+            peers: HashMap::new(),
         })
     }
 
@@ -83,31 +105,46 @@ impl Actor for Presence {
         msg: PresenceMsg,
         state: &mut PresenceState,
     ) -> Result<(), ActorProcessingErr> {
+        let mut out = Replication::default();
         match msg {
-            PresenceMsg::Connect { conn, user, sink } => state.connect(conn, user, sink),
-            PresenceMsg::Disconnect { conn } => state.disconnect(conn),
-            PresenceMsg::Join { room, conn } => state.join(room, conn),
-            PresenceMsg::Leave { room, conn } => state.leave(&room, conn),
+            PresenceMsg::Connect { conn, user, sink } => state.connect(conn, user, sink, &mut out),
+            PresenceMsg::Disconnect { conn } => state.disconnect(conn, &mut out),
+            PresenceMsg::Join { room, conn } => state.join(room, conn, &mut out),
+            PresenceMsg::Leave { room, conn } => state.leave(&room, conn, &mut out),
             PresenceMsg::Query { room, reply } => {
-                let users = state
-                    .rooms
-                    .get(&room)
-                    .map(|r| r.users.keys().cloned().collect())
-                    .unwrap_or_default();
-                let _ = reply.send(users);
+                let _ = reply.send(state.users_in(&room));
             }
-            PresenceMsg::Sweep => state.sweep(Instant::now()),
+            PresenceMsg::Sweep => state.sweep(Instant::now(), &mut out),
+            PresenceMsg::PeerUp { node } => state.send_snapshot(&node),
+            PresenceMsg::PeerDown { node } => state.peer_down(&node),
+            PresenceMsg::Remote { node, payload } => match Replication::decode(&payload) {
+                Ok(r) => state.apply(node, r),
+                Err(e) => tracing::warn!(peer = %node, error = %e, "bad presence replication"),
+            },
+        }
+        if !out.is_empty() {
+            if let Some(link) = &state.link {
+                link.broadcast(out.encode());
+            }
         }
         Ok(())
     }
 }
 
 impl PresenceState {
-    fn connect(&mut self, conn: ConnId, user: Arc<str>, sink: Arc<dyn EventSink>) {
-        self.registry
-            .entry(user.clone())
-            .or_default()
-            .push((conn, sink.clone()));
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        user: Arc<str>,
+        sink: Arc<dyn EventSink>,
+        out: &mut Replication,
+    ) {
+        let mut conns = self.registry.entry(user.clone()).or_default();
+        if conns.is_empty() {
+            out.online.push(user.to_string());
+        }
+        conns.push((conn, sink.clone()));
+        drop(conns);
         self.conns.insert(
             conn,
             Conn {
@@ -119,23 +156,24 @@ impl PresenceState {
         self.update_gauge();
     }
 
-    fn disconnect(&mut self, conn: ConnId) {
+    fn disconnect(&mut self, conn: ConnId, out: &mut Replication) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
         for room in &c.rooms {
-            self.remove_entry(room, &c.user, conn);
+            self.remove_entry(room, &c.user, conn, out);
         }
-        if let dashmap::Entry::Occupied(mut e) = self.registry.entry(c.user) {
+        if let dashmap::Entry::Occupied(mut e) = self.registry.entry(c.user.clone()) {
             e.get_mut().retain(|(id, _)| *id != conn);
             if e.get().is_empty() {
                 e.remove();
+                out.offline.push(c.user.to_string());
             }
         }
         self.update_gauge();
     }
 
-    fn join(&mut self, room: Arc<str>, conn: ConnId) {
+    fn join(&mut self, room: Arc<str>, conn: ConnId, out: &mut Replication) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -143,16 +181,20 @@ impl PresenceState {
             return;
         }
         let user = c.user.clone();
+        let was_present = self.present(&room, &user);
         let entries = self.rooms.entry(room.clone()).or_default();
         entries.conns.insert(conn);
         let count = entries.users.entry(user.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
+            out.joined.push((room.to_string(), user.to_string()));
+        }
+        if !was_present {
             self.broadcast(&room, event::joined(&room, &user));
         }
     }
 
-    fn leave(&mut self, room: &Arc<str>, conn: ConnId) {
+    fn leave(&mut self, room: &Arc<str>, conn: ConnId, out: &mut Replication) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -160,15 +202,21 @@ impl PresenceState {
             return;
         }
         let user = c.user.clone();
-        self.remove_entry(room, &user, conn);
+        self.remove_entry(room, &user, conn, out);
     }
 
-    fn remove_entry(&mut self, room: &Arc<str>, user: &Arc<str>, conn: ConnId) {
+    fn remove_entry(
+        &mut self,
+        room: &Arc<str>,
+        user: &Arc<str>,
+        conn: ConnId,
+        out: &mut Replication,
+    ) {
         let Some(entries) = self.rooms.get_mut(room) else {
             return;
         };
         entries.conns.remove(&conn);
-        let last = match entries.users.get_mut(user) {
+        let last_local = match entries.users.get_mut(user) {
             Some(n) if *n > 1 => {
                 *n -= 1;
                 false
@@ -181,11 +229,44 @@ impl PresenceState {
         };
         if entries.conns.is_empty() {
             self.rooms.remove(room);
-        } else if last {
-            self.broadcast(room, event::left(room, user));
+        }
+        if last_local {
+            out.left.push((room.to_string(), user.to_string()));
+            if !self.present(room, user) {
+                self.broadcast(room, event::left(room, user));
+            }
         }
     }
 
+    /// Whether `user` is in `room` anywhere in the cluster.
+    fn present(&self, room: &Arc<str>, user: &Arc<str>) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|e| e.users.contains_key(user))
+            || self
+                .peers
+                .values()
+                .any(|p| p.entries.contains(&(room.clone(), user.clone())))
+    }
+
+    fn users_in(&self, room: &Arc<str>) -> Vec<Arc<str>> {
+        let mut users: BTreeSet<Arc<str>> = self
+            .rooms
+            .get(room)
+            .map(|e| e.users.keys().cloned().collect())
+            .unwrap_or_default();
+        for peer in self.peers.values() {
+            users.extend(
+                peer.entries
+                    .iter()
+                    .filter(|(r, _)| r == room)
+                    .map(|(_, u)| u.clone()),
+            );
+        }
+        users.into_iter().collect()
+    }
+
+    /// Queues an event to this node's members of `room`.
     fn broadcast(&self, room: &Arc<str>, ev: Bytes) {
         let Some(entries) = self.rooms.get(room) else {
             return;
@@ -197,7 +278,126 @@ impl PresenceState {
         }
     }
 
-    fn sweep(&mut self, now: Instant) {
+    fn send_snapshot(&self, node: &str) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let snapshot = Replication {
+            snapshot: true,
+            online: self.registry.iter().map(|e| e.key().to_string()).collect(),
+            joined: self
+                .rooms
+                .iter()
+                .flat_map(|(room, e)| {
+                    e.users
+                        .keys()
+                        .map(move |u| (room.to_string(), u.to_string()))
+                })
+                .collect(),
+            ..Replication::default()
+        };
+        link.send(node, snapshot.encode());
+    }
+
+    fn apply(&mut self, node: Arc<str>, r: Replication) {
+        let intern =
+            |(room, user): (String, String)| -> (Arc<str>, Arc<str>) { (room.into(), user.into()) };
+        if r.snapshot {
+            // Reconcile: the snapshot replaces what the peer had here; only
+            // real differences become `joined`/`left`.
+            let old = self.peers.remove(&node).unwrap_or_default();
+            for u in &old.users {
+                self.unmark_remote_user(u, &node);
+            }
+            let new: HashSet<(Arc<str>, Arc<str>)> = r.joined.into_iter().map(intern).collect();
+            for (room, user) in new.difference(&old.entries) {
+                if !self.present(room, user) {
+                    self.broadcast(room, event::joined(room, user));
+                }
+            }
+            for (room, user) in old.entries.difference(&new) {
+                if !self.present(room, user) {
+                    self.broadcast(room, event::left(room, user));
+                }
+            }
+            self.peers.insert(
+                node.clone(),
+                Peer {
+                    users: HashSet::new(),
+                    entries: new,
+                },
+            );
+        } else {
+            for entry in r.joined.into_iter().map(intern) {
+                let was = self.present(&entry.0, &entry.1);
+                self.peers
+                    .entry(node.clone())
+                    .or_default()
+                    .entries
+                    .insert(entry.clone());
+                if !was {
+                    self.broadcast(&entry.0, event::joined(&entry.0, &entry.1));
+                }
+            }
+            for entry in r.left.into_iter().map(intern) {
+                if let Some(p) = self.peers.get_mut(&node) {
+                    p.entries.remove(&entry);
+                }
+                if !self.present(&entry.0, &entry.1) {
+                    self.broadcast(&entry.0, event::left(&entry.0, &entry.1));
+                }
+            }
+        }
+        for user in r.online {
+            let user: Arc<str> = user.into();
+            self.mark_remote_user(&user, &node);
+            self.peers
+                .entry(node.clone())
+                .or_default()
+                .users
+                .insert(user);
+        }
+        for user in r.offline {
+            let user: Arc<str> = user.into();
+            self.unmark_remote_user(&user, &node);
+            if let Some(p) = self.peers.get_mut(&node) {
+                p.users.remove(&user);
+            }
+        }
+    }
+
+    fn peer_down(&mut self, node: &Arc<str>) {
+        let Some(peer) = self.peers.remove(node) else {
+            return;
+        };
+        for u in &peer.users {
+            self.unmark_remote_user(u, node);
+        }
+        for (room, user) in peer.entries {
+            if !self.present(&room, &user) {
+                self.broadcast(&room, event::left(&room, &user));
+            }
+        }
+        self.update_gauge();
+    }
+
+    fn mark_remote_user(&self, user: &Arc<str>, node: &Arc<str>) {
+        self.remote_users
+            .entry(user.clone())
+            .or_default()
+            .insert(node.clone());
+    }
+
+    fn unmark_remote_user(&self, user: &Arc<str>, node: &Arc<str>) {
+        if let dashmap::Entry::Occupied(mut e) = self.remote_users.entry(user.clone()) {
+            e.get_mut().remove(node);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Instant, out: &mut Replication) {
         let expired: Vec<ConnId> = self
             .conns
             .iter()
@@ -210,10 +410,11 @@ impl PresenceState {
                 c.sink
                     .close(CloseCode::HeartbeatTimeout, "heartbeat timeout");
             }
-            self.disconnect(conn);
+            self.disconnect(conn, out);
         }
     }
 
+    /// Distinct users online on this node (gauge).
     fn update_gauge(&self) {
         metrics::gauge!("switchboard_presence_users").set(self.registry.len() as f64);
     }

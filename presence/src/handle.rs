@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,16 +8,20 @@ use ractor::{Actor, ActorCell, ActorRef};
 use switchboard_protocol::{Bytes, ConnId, EventSink};
 
 use crate::actor::{Presence, PresenceArgs, PresenceMsg};
+use crate::replication::PeerLink;
 use crate::PresenceError;
 
 /// user -> that user's connections on this node.
 pub(crate) type Registry = DashMap<Arc<str>, Vec<(ConnId, Arc<dyn EventSink>)>>;
+/// user -> the peer nodes where that user has connections.
+pub(crate) type RemoteUsers = DashMap<Arc<str>, BTreeSet<Arc<str>>>;
 
 /// A cloneable handle to the Presence actor and its registry.
 #[derive(Clone)]
 pub struct PresenceHandle {
     actor: ActorRef<PresenceMsg>,
     registry: Arc<Registry>,
+    remote_users: Arc<RemoteUsers>,
 }
 
 impl std::fmt::Debug for PresenceHandle {
@@ -33,11 +38,15 @@ impl PresenceHandle {
     pub async fn start(
         timeout: Duration,
         sweep_every: Duration,
+        link: Option<Arc<dyn PeerLink>>,
         parent: Option<ActorCell>,
     ) -> Result<(Self, ActorRef<PresenceMsg>), PresenceError> {
         let registry = Arc::new(Registry::new());
+        let remote_users = Arc::new(RemoteUsers::new());
         let args = PresenceArgs {
             registry: registry.clone(),
+            remote_users: remote_users.clone(),
+            link,
             timeout,
             sweep_every,
         };
@@ -50,6 +59,7 @@ impl PresenceHandle {
             Self {
                 actor: actor.clone(),
                 registry,
+                remote_users,
             },
             actor,
         ))
@@ -82,6 +92,30 @@ impl PresenceHandle {
             Ok(CallResult::Success(users)) => Ok(users),
             _ => Err(PresenceError::Gone),
         }
+    }
+
+    pub fn peer_up(&self, node: &str) {
+        let _ = self.actor.cast(PresenceMsg::PeerUp { node: node.into() });
+    }
+
+    pub fn peer_down(&self, node: &str) {
+        let _ = self.actor.cast(PresenceMsg::PeerDown { node: node.into() });
+    }
+
+    /// Replication received from a peer node.
+    pub fn remote(&self, node: &str, payload: &[u8]) {
+        let _ = self.actor.cast(PresenceMsg::Remote {
+            node: node.into(),
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// Peer nodes where `user` has connections.
+    pub fn nodes_of(&self, user: &str) -> Vec<Arc<str>> {
+        self.remote_users
+            .get(user)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Queues `event` to every connection of `user`; returns how many took it.

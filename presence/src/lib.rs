@@ -13,9 +13,11 @@
 
 mod actor;
 mod handle;
+mod replication;
 
 pub use actor::{Presence, PresenceMsg};
 pub use handle::PresenceHandle;
+pub use replication::{PeerLink, Replication};
 
 /// Errors at the presence boundary.
 #[derive(Debug, thiserror::Error)]

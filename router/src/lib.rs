@@ -11,6 +11,7 @@
 //! offsets, history and members, and replays to each member what the crash
 //! kept from it.
 
+pub mod cluster;
 mod history;
 mod member;
 mod room;

@@ -1,17 +1,25 @@
-//! The Room actor: one per active room, the room's sequencer.
+//! The Room actor: one per active room per node.
+//!
+//! On the room's home node it is the **sequencer**: it assigns offsets, keeps
+//! the history, de-duplicates `msg_id`s, queues each message to its local
+//! members and sends it once to every other node that has members. On any
+//! other node it is a **relay**: it subscribes its node at the home, forwards
+//! publications there, and queues what the home sends to its local members.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use switchboard_protocol::{event, Bytes, EventSink, Since};
+use serde_bytes::ByteBuf;
+use switchboard_protocol::{event, Bytes, CloseCode, ConnId, ErrorCode, EventSink, Since};
 
+use crate::cluster::wire::{SinceWire, Wire};
+use crate::cluster::{node_router, Home};
 use crate::history::{History, Recovery};
 use crate::member::Member;
 use crate::rooms::RoomContext;
-use switchboard_protocol::ConnId;
 
 /// Messages a Room handles. Rare, large requests are boxed to keep every
 /// queued message small.
@@ -24,8 +32,31 @@ pub enum RoomMsg {
         ack: Option<(u64, Arc<dyn EventSink>)>,
     },
     Publish(Box<PublishRequest>),
-    /// Expire history; retire the room when it has no members and no history.
+    /// Expire history; retire the room when it has nothing left to do.
     Tick,
+    /// The set of live nodes changed: the room's home may have moved.
+    ViewChanged,
+    /// (home) A node with members wants this room's messages.
+    Subscribe {
+        node: Arc<str>,
+        since: Option<SinceWire>,
+        reply: tokio::sync::oneshot::Sender<Wire>,
+    },
+    /// (home) A node has no members left.
+    Unsubscribe {
+        node: Arc<str>,
+    },
+    /// (relay) The home's answer to a forwarded publication.
+    PubAck {
+        ack: u64,
+        offset: Option<u64>,
+    },
+    /// (relay) A message sequenced by the home.
+    Deliver {
+        epoch: String,
+        offset: u64,
+        event: Bytes,
+    },
     /// Fault injection (`debug.faults`): the room panics.
     Crash,
 }
@@ -45,6 +76,8 @@ pub struct PublishRequest {
     pub data: Bytes,
     pub msg_id: Option<String>,
     pub reply: PublishReply,
+    /// Times this publication was forwarded between nodes.
+    pub hops: u8,
 }
 
 /// Who learns the offset a publication was given.
@@ -58,10 +91,19 @@ pub enum PublishReply {
     },
     /// The HTTP publish API.
     Offset(tokio::sync::oneshot::Sender<u64>),
+    /// A publication forwarded by another node: ack it there.
+    Remote {
+        node: Arc<str>,
+        ack: u64,
+    },
 }
 
+/// Forwarding more often than this means the nodes' views disagree; the
+/// publication is refused (503) rather than bounced forever.
+const MAX_HOPS: u8 = 2;
+
 impl PublishReply {
-    fn send(self, offset: u64) {
+    fn send(self, ctx: &RoomContext, room: &str, offset: u64) {
         match self {
             PublishReply::None => {}
             PublishReply::Ok { id, sink } => {
@@ -70,23 +112,71 @@ impl PublishReply {
             PublishReply::Offset(tx) => {
                 let _ = tx.send(offset);
             }
+            PublishReply::Remote { node, ack } => {
+                let msg = Wire::PubAck {
+                    room: room.to_owned(),
+                    ack,
+                    offset: Some(offset),
+                };
+                ctx.cluster.send(&node, &msg);
+            }
+        }
+    }
+
+    /// The publication could not be sequenced.
+    fn fail(self, ctx: &RoomContext, room: &str) {
+        match self {
+            PublishReply::None | PublishReply::Offset(_) => {}
+            PublishReply::Ok { id, sink } => {
+                sink.push(event::err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "room: its home node is unavailable; retry (a msg_id makes retries safe)",
+                ));
+            }
+            PublishReply::Remote { node, ack } => {
+                let msg = Wire::PubAck {
+                    room: room.to_owned(),
+                    ack,
+                    offset: None,
+                };
+                ctx.cluster.send(&node, &msg);
+            }
         }
     }
 }
 
 struct Slot {
     member: Member,
-    /// Newest offset queued to this member: what a restart replays after.
+    /// Newest offset queued to this member.
     delivered: u64,
 }
 
-/// A room's state that outlives a crash of its actor: the sequencer's log
-/// and the members. Its supervisor keeps it and hands it to the restarted
-/// Room.
+/// The room's relation to its home.
+enum Mode {
+    /// No members and not the home of anyone's subscription.
+    Idle,
+    /// This node sequences the room; `subscribers` are the other nodes with
+    /// members.
+    Home { subscribers: BTreeSet<Arc<str>> },
+    /// Subscribed at `home`, whose current epoch is `epoch`.
+    Relay {
+        home: Arc<str>,
+        epoch: String,
+        last: u64,
+    },
+}
+
+/// A room's state that outlives a crash of its actor. Its supervisor keeps
+/// it and hands it to the restarted Room.
 pub struct RoomCore {
     pub(crate) name: Arc<str>,
     history: History,
     members: HashMap<ConnId, Slot>,
+    mode: Mode,
+    /// Publications forwarded to the home, waiting for their offset.
+    pending: HashMap<u64, PublishReply>,
+    next_ack: u64,
 }
 
 impl RoomCore {
@@ -95,6 +185,21 @@ impl RoomCore {
             name,
             history: History::new(size, ttl),
             members: HashMap::new(),
+            mode: Mode::Idle,
+            pending: HashMap::new(),
+            next_ack: 1,
+        }
+    }
+
+    /// Closes every member (their room moved to another epoch) and forgets
+    /// them; their connections' cleanup sends the leaves.
+    fn close_members(&mut self, reason: &'static str) {
+        if !self.members.is_empty() {
+            tracing::info!(room = %self.name, members = self.members.len(), reason, "closing members");
+            metrics::gauge!("switchboard_rooms").decrement(1.0);
+        }
+        for (_, slot) in self.members.drain() {
+            slot.member.sink.close(CloseCode::Restart, reason);
         }
     }
 }
@@ -157,62 +262,171 @@ impl Actor for Room {
             return forward(state, msg).await;
         }
         match msg {
-            RoomMsg::Join(req) => join(state, *req),
+            RoomMsg::Join(req) => join(state, *req).await,
             RoomMsg::Leave { conn, ack } => leave(state, conn, ack),
             RoomMsg::Publish(req) => publish(state, *req),
             RoomMsg::Tick => tick(&myself, state),
+            RoomMsg::ViewChanged => view_changed(state),
+            RoomMsg::Subscribe { node, since, reply } => {
+                let _ = reply.send(subscribe(state, node, since));
+            }
+            RoomMsg::Unsubscribe { node } => {
+                if let Mode::Home { subscribers } = &mut state.core.lock().mode {
+                    subscribers.remove(&node);
+                }
+            }
+            RoomMsg::PubAck { ack, offset } => {
+                let reply = state.core.lock().pending.remove(&ack);
+                let name = state.core.lock().name.clone();
+                match (reply, offset) {
+                    (Some(r), Some(o)) => r.send(&state.ctx, &name, o),
+                    (Some(r), None) => r.fail(&state.ctx, &name),
+                    (None, _) => {}
+                }
+            }
+            RoomMsg::Deliver {
+                epoch,
+                offset,
+                event,
+            } => deliver(state, epoch, offset, event),
             RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
         }
         Ok(())
     }
 }
 
-fn join(state: &mut RoomState, req: JoinRequest) {
+/// Makes this node the room's sequencer if it is not already.
+fn become_home(core: &mut RoomCore) {
+    if !matches!(core.mode, Mode::Home { .. }) {
+        if matches!(core.mode, Mode::Relay { .. }) {
+            core.close_members("room moved to another node; rejoin with since");
+        }
+        core.mode = Mode::Home {
+            subscribers: BTreeSet::new(),
+        };
+    }
+}
+
+fn add_member(core: &mut RoomCore, member: Member, delivered: u64) {
+    if core.members.is_empty() {
+        metrics::gauge!("switchboard_rooms").increment(1.0);
+    }
+    core.members.insert(member.conn, Slot { member, delivered });
+}
+
+async fn join(state: &mut RoomState, req: JoinRequest) {
     let JoinRequest { member, id, since } = req;
-    let mut core = state.core.lock();
-    let RoomCore {
-        name,
-        history,
-        members,
-    } = &mut *core;
-    let last = history.last_offset();
-    if members.contains_key(&member.conn) {
+    let name = state.core.lock().name.clone();
+    if state.core.lock().members.contains_key(&member.conn) {
         // Already a member: messages have been flowing; nothing to replay.
+        let core = state.core.lock();
+        let (epoch, last) = match &core.mode {
+            Mode::Relay { epoch, last, .. } => (epoch.clone(), *last),
+            _ => (core.history.epoch.clone(), core.history.last_offset()),
+        };
         if id != 0 {
-            let recovered = since.map(|s| s.epoch == history.epoch);
+            let recovered = since.map(|s| s.epoch == epoch);
             member
                 .sink
-                .push(event::ok_join(id, name, &history.epoch, last, recovered));
+                .push(event::ok_join(id, &name, &epoch, last, recovered));
         }
         return;
     }
-    let (recovered, replay) = match &since {
-        None => (None, Vec::new()),
-        Some(s) => match history.since(&s.epoch, s.offset) {
-            Recovery::Replay(events) => (Some(true), events),
-            Recovery::Lost => (Some(false), Vec::new()),
-        },
-    };
-    if id != 0 {
-        member
-            .sink
-            .push(event::ok_join(id, name, &history.epoch, last, recovered));
+    match state.ctx.cluster.home(&name) {
+        Home::Local => {
+            let mut core = state.core.lock();
+            become_home(&mut core);
+            let history = &core.history;
+            let last = history.last_offset();
+            let (recovered, replay) = match &since {
+                None => (None, Vec::new()),
+                Some(s) => match history.since(&s.epoch, s.offset) {
+                    Recovery::Replay(events) => (Some(true), events),
+                    Recovery::Lost => (Some(false), Vec::new()),
+                },
+            };
+            if id != 0 {
+                member
+                    .sink
+                    .push(event::ok_join(id, &name, &history.epoch, last, recovered));
+            }
+            for ev in replay {
+                member.sink.push(ev.clone());
+            }
+            add_member(&mut core, member.clone(), last);
+        }
+        Home::Remote(home, router) => {
+            // A relay that is subscribed answers a plain join itself.
+            let local = match &state.core.lock().mode {
+                Mode::Relay {
+                    home: h,
+                    epoch,
+                    last,
+                } if *h == home && since.is_none() => Some((epoch.clone(), *last)),
+                _ => None,
+            };
+            let (epoch, last) = match local {
+                Some(known) => {
+                    if id != 0 {
+                        member
+                            .sink
+                            .push(event::ok_join(id, &name, &known.0, known.1, None));
+                    }
+                    known
+                }
+                None => {
+                    let since_wire = since.map(|s| SinceWire {
+                        epoch: s.epoch,
+                        offset: s.offset,
+                    });
+                    let me = state.ctx.cluster.me().clone();
+                    match node_router::subscribe(&router, &name, &me, since_wire).await {
+                        Some(Wire::Subscribed {
+                            epoch,
+                            offset,
+                            recovered,
+                            replay,
+                        }) => {
+                            let mut core = state.core.lock();
+                            let keep = matches!(&core.mode, Mode::Relay { home: h, epoch: e, .. } if *h == home && *e == epoch);
+                            if !keep {
+                                core.close_members("room moved to another node; rejoin with since");
+                            }
+                            let last = match &core.mode {
+                                Mode::Relay { last, .. } if keep => (*last).max(offset),
+                                _ => offset,
+                            };
+                            core.mode = Mode::Relay {
+                                home: home.clone(),
+                                epoch: epoch.clone(),
+                                last,
+                            };
+                            if id != 0 {
+                                member
+                                    .sink
+                                    .push(event::ok_join(id, &name, &epoch, offset, recovered));
+                            }
+                            for ev in replay {
+                                member.sink.push(Bytes::from(ev.into_vec()));
+                            }
+                            (epoch, offset)
+                        }
+                        other => {
+                            tracing::warn!(room = %name, home = %home, ?other, "subscribe failed");
+                            member.sink.push(event::err(
+                                id,
+                                ErrorCode::Unavailable,
+                                "room: its home node is unavailable; retry",
+                            ));
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = epoch;
+            add_member(&mut state.core.lock(), member.clone(), last);
+        }
     }
-    for ev in replay {
-        member.sink.push(ev.clone());
-    }
-    if members.is_empty() {
-        metrics::gauge!("switchboard_rooms").increment(1.0);
-    }
-    let name = name.clone();
-    members.insert(
-        member.conn,
-        Slot {
-            member: member.clone(),
-            delivered: last,
-        },
-    );
-    drop(core);
     state.ctx.observer.joined(&name, &member);
 }
 
@@ -224,30 +438,83 @@ fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSin
     if core.members.remove(&conn).is_none() {
         return;
     }
+    let name = core.name.clone();
     if core.members.is_empty() {
         metrics::gauge!("switchboard_rooms").decrement(1.0);
+        if let Mode::Relay { home, .. } = &core.mode {
+            let msg = Wire::Unsubscribe {
+                room: name.to_string(),
+                node: state.ctx.cluster.me().to_string(),
+            };
+            state.ctx.cluster.send(home, &msg);
+            core.mode = Mode::Idle;
+        }
     }
-    let name = core.name.clone();
     drop(core);
     state.ctx.observer.left(&name, conn);
 }
 
 fn publish(state: &mut RoomState, req: PublishRequest) {
+    let name = state.core.lock().name.clone();
+    match state.ctx.cluster.home(&name) {
+        Home::Local => sequence(state, req),
+        Home::Remote(home, router) => {
+            if req.hops >= MAX_HOPS {
+                req.reply.fail(&state.ctx, &name);
+                return;
+            }
+            let (origin, ack) = match req.reply {
+                // Forwarded already: the origin waits for the ack, not us.
+                PublishReply::Remote { node, ack } => (node, Some(ack)),
+                PublishReply::None => (state.ctx.cluster.me().clone(), None),
+                reply => {
+                    let mut core = state.core.lock();
+                    let ack = core.next_ack;
+                    core.next_ack += 1;
+                    core.pending.insert(ack, reply);
+                    (state.ctx.cluster.me().clone(), Some(ack))
+                }
+            };
+            let msg = Wire::Publish {
+                room: name.to_string(),
+                from: req.from.to_string(),
+                data: ByteBuf::from(req.data.to_vec()),
+                msg_id: req.msg_id,
+                origin: origin.to_string(),
+                ack,
+                hops: req.hops + 1,
+            };
+            if !crate::cluster::cast(&router, &msg) {
+                tracing::warn!(room = %name, home = %home, "cannot reach the home");
+                let failed = ack.and_then(|a| state.core.lock().pending.remove(&a));
+                if let Some(r) = failed {
+                    r.fail(&state.ctx, &name);
+                }
+            }
+        }
+    }
+}
+
+fn sequence(state: &mut RoomState, req: PublishRequest) {
     let now = Instant::now();
     let mut core = state.core.lock();
+    become_home(&mut core);
     let RoomCore {
         name,
         history,
         members,
+        mode,
+        ..
     } = &mut *core;
+    let name = name.clone();
     let msg_id = req.msg_id.as_deref();
     if let Some(offset) = msg_id.and_then(|m| history.offset_of(m)) {
         drop(core);
-        req.reply.send(offset);
+        req.reply.send(&state.ctx, &name, offset);
         return;
     }
     let (offset, ev) = history.append(now, msg_id, |offset| {
-        event::msg(name, offset, &req.from, &req.data)
+        event::msg(&name, offset, &req.from, &req.data)
     });
     let mut delivered = 0u64;
     for slot in members.values_mut() {
@@ -256,16 +523,155 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
         }
         slot.delivered = offset;
     }
+    if let Mode::Home { subscribers } = mode {
+        if !subscribers.is_empty() {
+            // Encoded once, sent once per node with members.
+            let bytes = Wire::Deliver {
+                room: name.to_string(),
+                epoch: history.epoch.clone(),
+                offset,
+                event: ByteBuf::from(ev.to_vec()),
+            }
+            .encode();
+            subscribers.retain(|node| match state.ctx.cluster.router(node) {
+                Some(r) => {
+                    let sent = r
+                        .cast(crate::cluster::NodeRouterMsg::Cast(bytes.clone()))
+                        .is_ok();
+                    if sent {
+                        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out")
+                            .increment(1);
+                    }
+                    sent
+                }
+                None => false,
+            });
+        }
+    }
     drop(core);
     metrics::counter!("switchboard_messages_published_total").increment(1);
     metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
-    req.reply.send(offset);
+    req.reply.send(&state.ctx, &name, offset);
+}
+
+fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) -> Wire {
+    let name = state.core.lock().name.clone();
+    if !matches!(state.ctx.cluster.home(&name), Home::Local) {
+        return Wire::Error {
+            reason: format!("{} is not the home of {name}", state.ctx.cluster.me()),
+        };
+    }
+    let mut core = state.core.lock();
+    become_home(&mut core);
+    let RoomCore { history, mode, .. } = &mut *core;
+    if let Mode::Home { subscribers } = mode {
+        subscribers.insert(node);
+    }
+    let (recovered, replay) = match &since {
+        None => (None, Vec::new()),
+        Some(s) => match history.since(&s.epoch, s.offset) {
+            Recovery::Replay(events) => (
+                Some(true),
+                events
+                    .into_iter()
+                    .map(|e| ByteBuf::from(e.to_vec()))
+                    .collect(),
+            ),
+            Recovery::Lost => (Some(false), Vec::new()),
+        },
+    };
+    Wire::Subscribed {
+        epoch: history.epoch.clone(),
+        offset: history.last_offset(),
+        recovered,
+        replay,
+    }
+}
+
+fn deliver(state: &mut RoomState, epoch: String, offset: u64, ev: Bytes) {
+    let mut core = state.core.lock();
+    let same_epoch = match &mut core.mode {
+        Mode::Relay { epoch: e, last, .. } => {
+            if *e == epoch {
+                *last = (*last).max(offset);
+                true
+            } else {
+                false
+            }
+        }
+        // Not subscribed (any more): a message still on its way.
+        _ => return,
+    };
+    if !same_epoch {
+        core.close_members("room restarted on its home; rejoin with since");
+        core.mode = Mode::Idle;
+        return;
+    }
+    let now = Instant::now();
+    let mut gaps = Vec::new();
+    for (conn, slot) in core.members.iter_mut() {
+        if offset <= slot.delivered {
+            continue;
+        }
+        if offset == slot.delivered + 1 {
+            slot.member.sink.deliver(ev.clone(), now);
+            slot.delivered = offset;
+        } else {
+            gaps.push(*conn);
+        }
+    }
+    for conn in gaps {
+        // Never deliver past a gap: close instead (the client recovers).
+        if let Some(slot) = core.members.remove(&conn) {
+            tracing::error!(room = %core.name, conn = %conn, "gap in room sequence; closing");
+            slot.member
+                .sink
+                .close(CloseCode::Internal, "missed messages");
+        }
+    }
+    metrics::counter!("switchboard_messages_delivered_total").increment(core.members.len() as u64);
+}
+
+fn view_changed(state: &mut RoomState) {
+    let mut core = state.core.lock();
+    let name = core.name.clone();
+    let home = state.ctx.cluster.home(&name);
+    let moved = match (&core.mode, &home) {
+        (Mode::Home { .. }, Home::Remote(..)) => true,
+        (Mode::Relay { home: h, .. }, Home::Remote(now, _)) => h != now,
+        (Mode::Relay { .. }, Home::Local) => true,
+        _ => false,
+    };
+    if moved {
+        // No handover yet: the new home starts a new epoch, so members of
+        // the old one are closed and recover (recovered: false).
+        core.close_members("room moved to another node; rejoin with since");
+        core.history = History::new(
+            state.ctx.settings.history_size,
+            state.ctx.settings.history_ttl,
+        );
+        core.mode = Mode::Idle;
+        for (_, reply) in core.pending.drain() {
+            reply.fail(&state.ctx, &name);
+        }
+    } else if let Mode::Home { subscribers } = &mut core.mode {
+        let view = state.ctx.cluster.view();
+        subscribers.retain(|n| view.peers.contains_key(n));
+    }
 }
 
 fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
     core.history.expire(Instant::now());
-    if !core.members.is_empty() || !core.history.is_empty() {
+    let idle = core.members.is_empty()
+        && core.history.is_empty()
+        && core.pending.is_empty()
+        && match &core.mode {
+            Mode::Home { subscribers } => subscribers.is_empty(),
+            Mode::Relay { .. } => false,
+            Mode::Idle => true,
+        };
+    if !idle {
         return;
     }
     let name = core.name.clone();
@@ -281,7 +687,10 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
 }
 
 async fn forward(state: &RoomState, msg: RoomMsg) -> Result<(), ActorProcessingErr> {
-    if matches!(msg, RoomMsg::Join(_) | RoomMsg::Publish(_)) {
+    if matches!(
+        msg,
+        RoomMsg::Join(_) | RoomMsg::Publish(_) | RoomMsg::Subscribe { .. }
+    ) {
         let name = state.core.lock().name.clone();
         state.ctx.rooms().cast(&name, msg).await?;
     }

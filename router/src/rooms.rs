@@ -7,6 +7,8 @@ use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr};
 
+use crate::cluster::wire::{SinceWire, Wire};
+use crate::cluster::Cluster;
 use crate::member::MembershipObserver;
 use crate::room::RoomMsg;
 use crate::supervisor::RoomSupervisorMsg;
@@ -26,6 +28,7 @@ pub struct RoomSettings {
 /// Shared by the supervisor and all its rooms.
 pub(crate) struct RoomContext {
     pub(crate) map: Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
+    pub(crate) cluster: Cluster,
     pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
     pub(crate) observer: Arc<dyn MembershipObserver>,
     pub(crate) settings: RoomSettings,
@@ -106,6 +109,30 @@ impl Rooms {
         {
             Ok(CallResult::Success(result)) => result,
             _ => Err(RouterError::SupervisorGone),
+        }
+    }
+
+    /// (home) Subscribes `node` to `room`; the answer for the subscriber.
+    pub(crate) async fn subscribe(
+        &self,
+        room: &str,
+        node: Arc<str>,
+        since: Option<SinceWire>,
+    ) -> Result<Wire, RouterError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.cast(room, RoomMsg::Subscribe { node, since, reply })
+            .await?;
+        tokio::time::timeout(crate::cluster::CALL_TIMEOUT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(RouterError::SupervisorGone)
+    }
+
+    /// Every running room re-checks its home.
+    pub(crate) fn view_changed(&self) {
+        for room in self.map.iter() {
+            let _ = room.cast(RoomMsg::ViewChanged);
         }
     }
 

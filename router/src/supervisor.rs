@@ -9,6 +9,7 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
+use crate::cluster::Cluster;
 use crate::member::MembershipObserver;
 use crate::room::{Room, RoomArgs, RoomCore, RoomMsg};
 use crate::rooms::{RoomContext, RoomSettings, Rooms};
@@ -30,6 +31,7 @@ pub struct RoomSupervisor;
 
 pub struct RoomSupervisorArgs {
     pub settings: RoomSettings,
+    pub cluster: Cluster,
     pub observer: Arc<dyn MembershipObserver>,
 }
 
@@ -43,11 +45,19 @@ impl RoomSupervisor {
     /// Starts the supervisor under `parent` and returns the handle callers use.
     pub async fn start(
         settings: RoomSettings,
+        cluster: Cluster,
         observer: Arc<dyn MembershipObserver>,
         parent: Option<ActorCell>,
     ) -> Result<(Rooms, ActorRef<RoomSupervisorMsg>), RouterError> {
         let map = Arc::new(DashMap::new());
-        let args = (map.clone(), RoomSupervisorArgs { settings, observer });
+        let args = (
+            map.clone(),
+            RoomSupervisorArgs {
+                settings,
+                cluster: cluster.clone(),
+                observer,
+            },
+        );
         let spawned = match parent {
             Some(p) => Actor::spawn_linked(None, RoomSupervisor, args, p).await,
             None => Actor::spawn(None, RoomSupervisor, args).await,
@@ -56,13 +66,12 @@ impl RoomSupervisor {
             room: "<supervisor>".into(),
             reason: e.to_string(),
         })?;
-        Ok((
-            Rooms {
-                map,
-                supervisor: actor.clone(),
-            },
-            actor,
-        ))
+        let rooms = Rooms {
+            map,
+            supervisor: actor.clone(),
+        };
+        cluster.set_rooms(rooms.clone());
+        Ok((rooms, actor))
     }
 
     async fn spawn_room(
@@ -106,6 +115,7 @@ impl Actor for RoomSupervisor {
         Ok(RoomSupervisorState {
             ctx: Arc::new(RoomContext {
                 map,
+                cluster: args.cluster,
                 supervisor: myself,
                 observer: args.observer,
                 settings: args.settings,

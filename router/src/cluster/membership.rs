@@ -1,0 +1,178 @@
+//! Finding peers and keeping sessions to them: seeds and DNS, dialing with
+//! capped exponential backoff and jitter, and a deadline on handshakes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorId, ActorRef};
+use ractor_cluster::{NodeServer, NodeServerMessage, NodeSessionMessage};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::node_router::{NodeRouter, NodeRouterArgs, NodeRouterMsg};
+use super::Cluster;
+use crate::RouterError;
+
+/// `[cluster]` as the membership needs it.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub listen: SocketAddr,
+    /// The host peers reach this node at (its `connection_string` host).
+    pub advertise: String,
+    pub seeds: Vec<String>,
+    pub dns: Option<String>,
+    pub cookie: String,
+}
+
+const TICK: Duration = Duration::from_millis(250);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+const DNS_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts the NodeServer, this node's NodeRouter and the membership loop.
+pub async fn start(
+    cluster: Cluster,
+    settings: ClusterSettings,
+    parent: ActorCell,
+    shutdown: CancellationToken,
+) -> Result<ActorRef<NodeRouterMsg>, RouterError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| RouterError::Spawn {
+        room: what.to_owned(),
+        reason: e.to_string(),
+    };
+    let server = NodeServer::new(
+        settings.listen.port(),
+        settings.cookie.clone(),
+        cluster.me().to_string(),
+        settings.advertise.clone(),
+        None,
+        None,
+    )
+    .with_listen_addr(settings.listen.ip());
+    let (node_server, _) = Actor::spawn_linked(None, server, (), parent.clone())
+        .await
+        .map_err(|e| err("<node server>", &e))?;
+    let args = NodeRouterArgs {
+        cluster: cluster.clone(),
+        node_server: Some(node_server.clone()),
+    };
+    let (router, _) = Actor::spawn_linked(
+        Some(NodeRouter::name_for(cluster.me())),
+        NodeRouter,
+        args,
+        parent,
+    )
+    .await
+    .map_err(|e| err("<node router>", &e))?;
+    let me = format!("{}:{}", settings.advertise, settings.listen.port());
+    tokio::spawn(run(cluster, settings, me, node_server, shutdown));
+    Ok(router)
+}
+
+struct Target {
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+async fn run(
+    cluster: Cluster,
+    settings: ClusterSettings,
+    me: String,
+    node_server: ActorRef<NodeServerMessage>,
+    shutdown: CancellationToken,
+) {
+    let mut targets: HashMap<String, Target> = HashMap::new();
+    let mut dns_peers: Vec<String> = Vec::new();
+    let mut dns_at = Instant::now();
+    let mut pending: HashMap<ActorId, Instant> = HashMap::new();
+    let mut first_pass = true;
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Some(dns) = &settings.dns {
+            if first_pass || Instant::now() >= dns_at {
+                dns_at = Instant::now() + DNS_EVERY;
+                match tokio::net::lookup_host(dns.as_str()).await {
+                    Ok(addrs) => dns_peers = addrs.map(|a| a.to_string()).collect(),
+                    Err(e) => tracing::warn!(dns = %dns, error = %e, "cluster DNS lookup failed"),
+                }
+            }
+        }
+        let Ok(ractor::rpc::CallResult::Success(sessions)) = node_server
+            .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
+            .await
+        else {
+            continue;
+        };
+        // Addresses we have a session with, in either direction.
+        let mut connected: Vec<String> = Vec::new();
+        for s in sessions.values() {
+            connected.push(s.peer_addr.clone());
+            if let Some(n) = &s.peer_name {
+                connected.push(n.connection_string.clone());
+            }
+        }
+        // Handshakes that do not finish in time are dropped.
+        let now = Instant::now();
+        pending.retain(|id, _| sessions.values().any(|s| s.actor.get_id() == *id));
+        for s in sessions.values() {
+            let since = *pending.entry(s.actor.get_id()).or_insert(now);
+            if now.duration_since(since) > HANDSHAKE_DEADLINE && !is_ready(&s.actor).await {
+                tracing::warn!(peer = %s.peer_addr, "cluster handshake did not finish; dropping it");
+                s.actor.kill();
+            }
+        }
+        let wanted = settings
+            .seeds
+            .iter()
+            .chain(dns_peers.iter())
+            .filter(|t| **t != me && !is_self(t, &settings));
+        for t in wanted {
+            let target = targets.entry(t.clone()).or_insert(Target {
+                next_attempt: now,
+                backoff: BACKOFF_MIN,
+            });
+            if connected.iter().any(|c| c == t) {
+                target.backoff = BACKOFF_MIN;
+                continue;
+            }
+            if now < target.next_attempt {
+                continue;
+            }
+            let jitter = 0.8 + fastrand::f64() * 0.4;
+            target.next_attempt = now + target.backoff.mul_f64(jitter);
+            target.backoff = (target.backoff * 2).min(BACKOFF_MAX);
+            let (ns, addr) = (node_server.clone(), t.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ractor_cluster::client_connect(&ns, addr.as_str()).await {
+                    tracing::debug!(peer = %addr, error = %e, "dial failed");
+                }
+            });
+        }
+        if first_pass {
+            first_pass = false;
+            cluster.set_ready();
+        }
+    }
+}
+
+async fn is_ready(session: &ActorRef<NodeSessionMessage>) -> bool {
+    matches!(
+        session
+            .call(
+                NodeSessionMessage::GetReadyState,
+                Some(Duration::from_millis(200))
+            )
+            .await,
+        Ok(ractor::rpc::CallResult::Success(true))
+    )
+}
+
+fn is_self(target: &str, settings: &ClusterSettings) -> bool {
+    target == settings.listen.to_string()
+}
