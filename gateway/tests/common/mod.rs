@@ -2,6 +2,8 @@
 //! them over real sockets.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ pub struct Server {
     child: Child,
     pub addr: String,
     logs: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -56,12 +59,58 @@ impl Server {
             });
         }
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(Server { child, addr, logs }),
+            Ok(addr) => Ok(Server {
+                child,
+                addr,
+                logs,
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(logs.lock().unwrap().join("\n"))
             }
+        }
+    }
+
+    /// `kill -9`: no drain, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again with the same settings (a new HTTP port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let fresh = Self::start(&env);
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+
+    /// Polls `/metrics` until `switchboard_cluster_nodes` is `n`.
+    pub async fn wait_nodes(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let want = format!("switchboard_cluster_nodes {n}\n");
+        loop {
+            let (_, body) = self.http("GET", "/metrics", &[], b"").await;
+            if body.contains(&want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node at {} never saw {n} nodes; logs:\n{}",
+                self.addr,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -172,4 +221,49 @@ pub fn mp(v: &rmpv::Value) -> Vec<u8> {
     let mut buf = Vec::new();
     rmpv::encode::write_value(&mut buf, v).unwrap();
     buf
+}
+
+/// A free 127.0.0.1 port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `n` nodes `n1..` on loopback, each seeded with every cluster
+/// address in `seeds_for(i, ports)`, and waits until all see `n` nodes.
+pub async fn cluster_with(
+    n: usize,
+    env: &[(&str, &str)],
+    seeds_for: impl Fn(usize, &[u16]) -> Vec<String>,
+) -> (Vec<Server>, Vec<u16>) {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = format!("n{}", i + 1);
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let seeds = seeds_for(i, &ports).join(",");
+        let mut e: Vec<(&str, &str)> = vec![
+            ("SWITCHBOARD__NODE__NAME", &name),
+            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
+            ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
+        ];
+        e.extend_from_slice(env);
+        nodes.push(Server::start(&e));
+    }
+    for node in &nodes {
+        node.wait_nodes(n, Duration::from_secs(20)).await;
+    }
+    (nodes, ports)
+}
+
+/// Three nodes seeded with each other.
+pub async fn cluster3(env: &[(&str, &str)]) -> Vec<Server> {
+    cluster_with(3, env, |_, ports| {
+        ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    })
+    .await
+    .0
 }

@@ -74,6 +74,10 @@ pub async fn start(
 struct Target {
     next_attempt: Instant,
     backoff: Duration,
+    /// The node name last reached at this address: a session to that node
+    /// in either direction (through a proxy, or dialed by the peer) counts
+    /// as connected, so nodes that seed each other do not keep re-dialing.
+    node: Option<String>,
 }
 
 async fn run(
@@ -109,12 +113,17 @@ async fn run(
         else {
             continue;
         };
-        // Addresses we have a session with, in either direction.
+        // Addresses and node names we have a session with, either direction.
         let mut connected: Vec<String> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for s in sessions.values() {
             connected.push(s.peer_addr.clone());
             if let Some(n) = &s.peer_name {
                 connected.push(n.connection_string.clone());
+                names.push(n.name.clone());
+                if let Some(t) = targets.get_mut(&s.peer_addr) {
+                    t.node = Some(n.name.clone());
+                }
             }
         }
         // Handshakes that do not finish in time are dropped.
@@ -136,8 +145,10 @@ async fn run(
             let target = targets.entry(t.clone()).or_insert(Target {
                 next_attempt: now,
                 backoff: BACKOFF_MIN,
+                node: None,
             });
-            if connected.iter().any(|c| c == t) {
+            let known = target.node.as_ref().is_some_and(|n| names.contains(n));
+            if known || connected.iter().any(|c| c == t) {
                 target.backoff = BACKOFF_MIN;
                 continue;
             }

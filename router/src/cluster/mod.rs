@@ -63,6 +63,11 @@ impl View {
     }
 }
 
+/// The home of `room` among `nodes`, as every node computes it.
+pub fn rendezvous<'a>(room: &str, nodes: &[&'a str]) -> Option<&'a str> {
+    nodes.iter().copied().max_by_key(|n| score(room, n))
+}
+
 /// A stable hash of (room, node): every node computes the same homes.
 fn score<'a>(room: &str, node: &'a str) -> (u64, &'a str) {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -1,0 +1,394 @@
+//! Three real `switchboard` processes on loopback, clustered over
+//! `ractor_cluster`, with real WebSocket clients on every node.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::proxy::FaultProxy;
+use common::{cluster3, Server, WAIT};
+use rmpv::Value;
+use switchboard_client::{Client, Field};
+use switchboard_router::cluster::rendezvous;
+
+const FAST: &[(&str, &str)] = &[
+    ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
+    ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
+];
+
+/// A room name whose home (among `nodes`) is `home`.
+fn room_homed_on(prefix: &str, home: &str, nodes: &[&str]) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|r| rendezvous(r, nodes) == Some(home))
+        .unwrap()
+}
+
+async fn msgs(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = c
+            .next_op("msg", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("after {} msgs: {e}", out.len()));
+        out.push((
+            m.u64("offset").unwrap(),
+            m.str("from").unwrap().to_owned(),
+            m.get("data").unwrap().clone(),
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_member_receives_what_is_published_on_every_node() {
+    let nodes = cluster3(FAST).await;
+    let mut member = nodes[0].client("member").await;
+    member.join("news").await.unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut p = node.client(&format!("pub{i}")).await;
+        p.publish("news", (i as u64).into()).await.unwrap();
+    }
+    let got = msgs(&mut member, 3).await;
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        got.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+        vec!["pub0", "pub1", "pub2"]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_two_nodes_one_order_everywhere() {
+    let nodes = cluster3(FAST).await;
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut m = node.client(&format!("m{i}")).await;
+        m.join("order").await.unwrap();
+        members.push(m);
+    }
+    let per_publisher = 300u64;
+    let mut tasks = Vec::new();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let mut p = node.client(&format!("p{i}")).await;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..per_publisher {
+                // Pipelined: no waiting for each ok.
+                let cmd = switchboard_client::encode_command(&[
+                    ("op", "pub".into()),
+                    ("room", "order".into()),
+                    ("data", Field::Value(Value::from(k))),
+                ]);
+                p.send_binary(cmd).await.unwrap();
+            }
+            p.ping().await.unwrap();
+            p
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = (2 * per_publisher) as usize;
+    let mut seqs = Vec::new();
+    for m in &mut members {
+        seqs.push(msgs(m, total).await);
+    }
+    let offsets: Vec<u64> = seqs[0].iter().map(|m| m.0).collect();
+    assert_eq!(
+        offsets,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "gaps or duplicates"
+    );
+    assert_eq!(seqs[0], seqs[1], "node 1 and node 2 differ");
+    assert_eq!(seqs[0], seqs[2], "node 1 and node 3 differ");
+    // Each publisher's own messages stay in its order.
+    for p in ["p1", "p2"] {
+        let mine: Vec<&Value> = seqs[0].iter().filter(|m| m.1 == p).map(|m| &m.2).collect();
+        let want: Vec<Value> = (0..per_publisher).map(Value::from).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn presence_and_joined_left_are_cluster_wide() {
+    let nodes = cluster3(&[]).await;
+    let mut watcher = nodes[0].client("watcher").await;
+    watcher.join("p").await.unwrap();
+    // alice on two nodes, bob on the third.
+    let mut a1 = nodes[1].client("alice").await;
+    a1.join("p").await.unwrap();
+    let mut a2 = nodes[2].client("alice").await;
+    a2.join("p").await.unwrap();
+    let mut b = nodes[2].client("bob").await;
+    b.join("p").await.unwrap();
+    let want = vec!["alice", "bob", "watcher"];
+    for c in [&mut watcher, &mut a1, &mut b] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let users = c.presence("p").await.unwrap();
+            if users == want {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{users:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (_, body) = nodes[1]
+        .http("GET", "/api/rooms/p/presence", &[], b"")
+        .await;
+    assert_eq!(body, r#"{"room":"p","users":["alice","bob","watcher"]}"#);
+    // One joined per user, whatever the number of connections and nodes.
+    watcher.ping().await.unwrap();
+    let joined: Vec<String> = watcher
+        .pending()
+        .filter(|e| e.op() == "joined")
+        .map(|e| e.str("user").unwrap().to_owned())
+        .collect();
+    assert_eq!(joined, vec!["watcher", "alice", "bob"]);
+    // alice leaves on one node: still present; on the other too: left, once.
+    a1.leave("p").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a2.close().await.unwrap();
+    let left = watcher.next_op("left", WAIT).await.unwrap();
+    assert_eq!(left.str("user"), Some("alice"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher.ping().await.unwrap();
+    assert_eq!(watcher.pending().filter(|e| e.op() == "left").count(), 0);
+    assert_eq!(watcher.presence("p").await.unwrap(), vec!["bob", "watcher"]);
+}
+
+#[tokio::test]
+async fn send_reaches_users_on_other_nodes_and_counts_them_all() {
+    let nodes = cluster3(&[]).await;
+    let mut sender = nodes[0].client("sender").await;
+    let mut targets = vec![
+        nodes[0].client("target").await,
+        nodes[1].client("target").await,
+        nodes[2].client("target").await,
+        nodes[2].client("target").await,
+    ];
+    // Wait until every node knows where `target` is.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let delivered = loop {
+        let n = sender.send_to("target", "hi".into()).await.unwrap();
+        if n == 4 || tokio::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivered, 4);
+    for t in &mut targets {
+        let dm = t.next_op("dm", WAIT).await.unwrap();
+        assert_eq!(dm.str("from"), Some("sender"));
+    }
+    let mut lone = nodes[2].client("lone").await;
+    // Presence replication is asynchronous: n1 learns of `lone` shortly.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match sender.send_to("lone", 1.into()).await {
+            Ok(n) => {
+                assert_eq!(n, 1);
+                break;
+            }
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lone.next_op("dm", WAIT).await.unwrap();
+    match sender.send_to("nobody", 1.into()).await {
+        Err(switchboard_client::ClientError::Server { code: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kill_9_a_node_then_restart_it() {
+    let mut nodes = cluster3(FAST).await;
+    let names = ["n1", "n2", "n3"];
+    // A room homed on a survivor, and one homed on the node that dies.
+    let stays = room_homed_on("stays", "n1", &names);
+    let moves = room_homed_on("moves", "n3", &names);
+    let mut s1 = nodes[0].client("u1").await;
+    let mut s2 = nodes[1].client("u2").await;
+    let mut s3 = nodes[2].client("u3").await;
+    let mut m1 = nodes[0].client("v1").await;
+    let mut m2 = nodes[1].client("v2").await;
+    for (c, room) in [
+        (&mut s1, &stays),
+        (&mut s2, &stays),
+        (&mut s3, &stays),
+        (&mut m1, &moves),
+        (&mut m2, &moves),
+    ] {
+        c.join(room).await.unwrap();
+    }
+    let epoch = m1
+        .join(&moves)
+        .await
+        .unwrap()
+        .str("epoch")
+        .unwrap()
+        .to_owned();
+    s3.publish(&stays, "before".into()).await.unwrap();
+    for c in [&mut s1, &mut s2] {
+        msgs(c, 1).await;
+    }
+    let killed_at = std::time::Instant::now();
+    nodes[2].kill9();
+
+    // Survivors in a room homed elsewhere: `left` for the lost node's user.
+    for c in [&mut s1, &mut s2] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.next_op("left", Duration::from_millis(200)).await {
+                Ok(l) => {
+                    assert_eq!(l.str("user"), Some("u3"));
+                    break;
+                }
+                Err(_) => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no left within 10 s"
+                ),
+            }
+        }
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+    // Members of a room homed on the lost node are closed (1012) and recover.
+    for c in [&mut m1, &mut m2] {
+        let (code, _) = c.closed(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(code, 1012);
+    }
+    nodes[0].wait_nodes(2, WAIT).await;
+    nodes[1].wait_nodes(2, WAIT).await;
+    // Publishing among the survivors keeps working, in both rooms.
+    let off = s1.publish(&stays, "after".into()).await.unwrap();
+    assert_eq!(msgs(&mut s2, 1).await[0].0, off);
+    let mut m1 = nodes[0].client("v1").await;
+    let mut m2 = nodes[1].client("v2").await;
+    let ok = m1.join_since(&moves, &epoch, 0).await.unwrap();
+    assert_eq!(ok.bool("recovered"), Some(false));
+    m2.join(&moves).await.unwrap();
+    let off = m2.publish(&moves, "rehomed".into()).await.unwrap();
+    assert_eq!(off, 1);
+    assert_eq!(msgs(&mut m1, 1).await[0].2, Value::from("rehomed"));
+
+    // The node comes back, rejoins, and its members receive again.
+    nodes[2].restart();
+    for n in &nodes {
+        n.wait_nodes(3, Duration::from_secs(20)).await;
+    }
+    let mut back = nodes[2].client("u3").await;
+    back.join(&stays).await.unwrap();
+    let off = s2.publish(&stays, "welcome back".into()).await.unwrap();
+    let got = msgs(&mut back, 1).await;
+    assert_eq!(
+        (got[0].0, got[0].2.clone()),
+        (off, Value::from("welcome back"))
+    );
+}
+
+#[tokio::test]
+async fn a_partition_keeps_both_sides_serving_and_heals() {
+    // n1 <-> n2 goes through fault proxies (both directions); n3 reaches both.
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let to_n2 = FaultProxy::start(ports[1]).await;
+    let to_n1 = FaultProxy::start(ports[0]).await;
+    let (p_to_n1, p_to_n2) = (to_n1.port, to_n2.port);
+    let ports_fixed = ports.clone();
+    let nodes = {
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{}", i + 1);
+            let listen = format!("127.0.0.1:{}", ports_fixed[i]);
+            let seeds = match i {
+                0 => format!("127.0.0.1:{p_to_n2},127.0.0.1:{}", ports_fixed[2]),
+                1 => format!("127.0.0.1:{p_to_n1},127.0.0.1:{}", ports_fixed[2]),
+                _ => format!("127.0.0.1:{},127.0.0.1:{}", ports_fixed[0], ports_fixed[1]),
+            };
+            nodes.push(Server::start(&[
+                ("SWITCHBOARD__NODE__NAME", &name),
+                ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
+                ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
+            ]));
+        }
+        for n in &nodes {
+            n.wait_nodes(3, Duration::from_secs(20)).await;
+        }
+        nodes
+    };
+    let mut watchers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut w = n.client(&format!("w{}", i + 1)).await;
+        w.join("lobby").await.unwrap();
+        watchers.push(w);
+    }
+
+    to_n2.cut();
+    to_n1.cut();
+    nodes[0].wait_nodes(2, Duration::from_secs(10)).await;
+    nodes[1].wait_nodes(2, Duration::from_secs(10)).await;
+    // What clients see during the partition: each side keeps serving its own
+    // clients (join, publish, receive) in rooms that stay on its side.
+    for (i, n) in nodes.iter().take(2).enumerate() {
+        let side: Vec<&str> = if i == 0 {
+            vec!["n1", "n3"]
+        } else {
+            vec!["n2", "n3"]
+        };
+        let me = side[0];
+        let room = room_homed_on(&format!("side{i}"), me, &side);
+        let mut a = n.client(&format!("a{i}")).await;
+        let mut b = n.client(&format!("b{i}")).await;
+        a.join(&room).await.unwrap();
+        b.join(&room).await.unwrap();
+        let off = a.publish(&room, "during".into()).await.unwrap();
+        assert_eq!(msgs(&mut b, 1).await[0].0, off);
+    }
+
+    to_n2.heal();
+    to_n1.heal();
+    for n in &nodes {
+        n.wait_nodes(3, Duration::from_secs(20)).await;
+    }
+    // A watcher whose room changed home (during the partition or at the
+    // heal) was closed with 1012; like any client it reconnects and rejoins.
+    for (i, w) in watchers.iter_mut().enumerate() {
+        if w.ping().await.is_err() {
+            *w = nodes[i].client(&format!("w{}", i + 1)).await;
+            w.join("lobby").await.unwrap();
+        }
+    }
+    // Converged: presence is the same on every node...
+    let mut views = Vec::new();
+    for n in &nodes {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, body) = n.http("GET", "/api/rooms/lobby/presence", &[], b"").await;
+            if body.contains(r#"["w1","w2","w3"]"#) || tokio::time::Instant::now() > deadline {
+                views.push(body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
+    assert!(views[0].contains(r#"["w1","w2","w3"]"#), "{views:?}");
+    // ...and every room has one home: joins on every node get one epoch,
+    // and one publication reaches all of them with one offset.
+    let mut clients = Vec::new();
+    let mut epochs = HashMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let mut c = n.client(&format!("c{i}")).await;
+        let ok = c.join("after-heal").await.unwrap();
+        epochs.insert(ok.str("epoch").unwrap().to_owned(), ());
+        clients.push(c);
+    }
+    assert_eq!(epochs.len(), 1, "{epochs:?}");
+    let off = clients[0]
+        .publish("after-heal", "one".into())
+        .await
+        .unwrap();
+    for c in &mut clients {
+        assert_eq!(msgs(c, 1).await[0].0, off);
+    }
+}
