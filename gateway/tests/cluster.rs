@@ -290,32 +290,7 @@ async fn kill_9_a_node_then_restart_it() {
 #[tokio::test]
 async fn a_partition_keeps_both_sides_serving_and_heals() {
     // n1 <-> n2 goes through fault proxies (both directions); n3 reaches both.
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let to_n2 = FaultProxy::start(ports[1]).await;
-    let to_n1 = FaultProxy::start(ports[0]).await;
-    let (p_to_n1, p_to_n2) = (to_n1.port, to_n2.port);
-    let ports_fixed = ports.clone();
-    let nodes = {
-        let mut nodes = Vec::new();
-        for i in 0..3 {
-            let name = format!("n{}", i + 1);
-            let listen = format!("127.0.0.1:{}", ports_fixed[i]);
-            let seeds = match i {
-                0 => format!("127.0.0.1:{p_to_n2},127.0.0.1:{}", ports_fixed[2]),
-                1 => format!("127.0.0.1:{p_to_n1},127.0.0.1:{}", ports_fixed[2]),
-                _ => format!("127.0.0.1:{},127.0.0.1:{}", ports_fixed[0], ports_fixed[1]),
-            };
-            nodes.push(Server::start(&[
-                ("SWITCHBOARD__NODE__NAME", &name),
-                ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
-                ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
-            ]));
-        }
-        for n in &nodes {
-            n.wait_nodes(3, Duration::from_secs(20)).await;
-        }
-        nodes
-    };
+    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
     let mut watchers = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let mut w = n.client(&format!("w{}", i + 1)).await;
@@ -390,5 +365,73 @@ async fn a_partition_keeps_both_sides_serving_and_heals() {
         .unwrap();
     for c in &mut clients {
         assert_eq!(msgs(c, 1).await[0].0, off);
+    }
+}
+
+/// Starts n1, n2, n3 where n1 and n2 reach each other only through the two
+/// proxies (one per direction) and n3 reaches both directly.
+async fn cluster_with_proxied_link(env: &[(&str, &str)]) -> (Vec<Server>, FaultProxy, FaultProxy) {
+    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let to_n2 = FaultProxy::start(ports[1]).await;
+    let to_n1 = FaultProxy::start(ports[0]).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let name = format!("n{}", i + 1);
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let seeds = match i {
+            0 => format!("127.0.0.1:{},127.0.0.1:{}", to_n2.port, ports[2]),
+            1 => format!("127.0.0.1:{},127.0.0.1:{}", to_n1.port, ports[2]),
+            _ => format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]),
+        };
+        let mut e: Vec<(&str, &str)> = vec![
+            ("SWITCHBOARD__NODE__NAME", &name),
+            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
+            ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
+        ];
+        e.extend_from_slice(env);
+        nodes.push(Server::start(&e));
+    }
+    for n in &nodes {
+        n.wait_nodes(3, Duration::from_secs(20)).await;
+    }
+    (nodes, to_n1, to_n2)
+}
+
+#[tokio::test]
+async fn a_silent_partition_is_detected_by_the_watchdog_and_heals() {
+    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
+    // The link stays open but carries nothing: no TCP error to notice.
+    let started = std::time::Instant::now();
+    to_n1.blackhole();
+    to_n2.blackhole();
+    nodes[0].wait_nodes(2, Duration::from_secs(10)).await;
+    nodes[1].wait_nodes(2, Duration::from_secs(10)).await;
+    let detected = started.elapsed();
+    assert!(detected < Duration::from_secs(5), "took {detected:?}");
+    assert!(nodes[0].logs().contains("peer not answering"));
+    to_n1.heal();
+    to_n2.heal();
+    for n in &nodes {
+        n.wait_nodes(3, Duration::from_secs(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn peers_are_found_through_dns() {
+    let ports: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let name = format!("d{}", i + 1);
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        // `localhost` resolves to this machine: each node finds the other by name.
+        let dns = format!("localhost:{}", ports[1 - i]);
+        nodes.push(Server::start(&[
+            ("SWITCHBOARD__NODE__NAME", &name),
+            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
+            ("SWITCHBOARD__CLUSTER__DNS", &dns),
+        ]));
+    }
+    for n in &nodes {
+        n.wait_nodes(2, Duration::from_secs(20)).await;
     }
 }

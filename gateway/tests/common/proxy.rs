@@ -10,6 +10,8 @@ use tokio::sync::watch;
 pub struct FaultProxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    /// While true, links stay open but no byte passes (a silent partition).
+    silent: watch::Sender<bool>,
     /// Bumped on every cut: live links watch it and drop.
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -22,9 +24,11 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
+        let (silent, _) = watch::channel(false);
         let task = {
             let cut = cut.clone();
             let generation = generation.clone();
+            let silent = silent.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((inbound, _)) = listener.accept().await else {
@@ -35,15 +39,16 @@ impl FaultProxy {
                         continue;
                     }
                     let mut gen = generation.subscribe();
+                    let (s1, s2) = (silent.subscribe(), silent.subscribe());
                     tokio::spawn(async move {
                         let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                             return;
                         };
-                        let (mut ri, mut wi) = inbound.into_split();
-                        let (mut ro, mut wo) = outbound.into_split();
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                            _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                            _ = pipe(ri, wo, s1) => {}
+                            _ = pipe(ro, wi, s2) => {}
                             _ = gen.changed() => {}
                         }
                     });
@@ -53,6 +58,7 @@ impl FaultProxy {
         FaultProxy {
             port,
             cut,
+            silent,
             generation,
             task,
         }
@@ -64,13 +70,44 @@ impl FaultProxy {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Keeps every link open but passes no byte, as a silent network
+    /// partition does: only a timeout can notice it.
+    pub fn blackhole(&self) {
+        self.silent.send_replace(true);
+    }
+
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.silent.send_replace(false);
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Copies bytes, holding them while the proxy is silent.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut silent: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *silent.borrow_and_update() {
+            if silent.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
