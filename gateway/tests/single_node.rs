@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{mp, Server, WAIT};
+use common::{mp, Mode, Nodes, Server, WAIT};
 use rmpv::Value;
 use switchboard_client::{encode_command, ClientError, ConnectOptions, Field};
 
@@ -39,9 +39,8 @@ async fn hello_and_subprotocol() {
     assert_eq!(user, format!("anon-{}", anon.hello.str("conn").unwrap()));
 }
 
-#[tokio::test]
-async fn join_pub_msg_leave_ping() {
-    let s = Server::start(&[]);
+async fn join_pub_msg_leave_ping(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     let mut b = s.client("bob").await;
     let ok = a.join("lobby").await.unwrap();
@@ -72,17 +71,15 @@ async fn join_pub_msg_leave_ping() {
     a.leave("never-joined").await.unwrap();
 }
 
-#[tokio::test]
-async fn ping_command_gets_pong() {
-    let s = Server::start(&[]);
+async fn ping_command_gets_pong(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     let ev = a.request(vec![("op", "ping".into())]).await.unwrap();
     assert_eq!(ev.op(), "pong");
 }
 
-#[tokio::test]
-async fn data_passes_through_byte_for_byte() {
-    let s = Server::start(&[]);
+async fn data_passes_through_byte_for_byte(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     a.join("raw").await.unwrap();
     let payloads: Vec<Vec<u8>> = vec![
@@ -111,25 +108,29 @@ async fn data_passes_through_byte_for_byte() {
         let m = a.next_op("msg", WAIT).await.unwrap();
         assert_eq!(m.data_raw(), Some(&p[..]));
     }
-    // Direct messages too.
+    // Direct messages too (bob's node may take a moment to be known).
     let mut b = s.client("bob").await;
-    let ev = a
-        .request(vec![
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let ev = loop {
+        let cmd = vec![
             ("op", "send".into()),
             ("to", "bob".into()),
             ("data", Field::Raw(payloads[0].clone())),
-        ])
-        .await
-        .unwrap();
+        ];
+        let ev = a.request(cmd).await.unwrap();
+        if ev.op() == "ok" || tokio::time::Instant::now() > deadline {
+            break ev;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(ev.u64("delivered"), Some(1));
     let dm = b.next_op("dm", WAIT).await.unwrap();
     assert_eq!(dm.str("from"), Some("alice"));
     assert_eq!(dm.data_raw(), Some(&payloads[0][..]));
 }
 
-#[tokio::test]
-async fn batched_commands_in_one_message() {
-    let s = Server::start(&[]);
+async fn batched_commands_in_one_message(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     let mut batch = Vec::new();
     batch.extend(encode_command(&[
@@ -160,9 +161,8 @@ async fn batched_commands_in_one_message() {
     assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(1));
 }
 
-#[tokio::test]
-async fn bad_commands_get_400_naming_the_field_and_keep_the_connection() {
-    let s = Server::start(&[]);
+async fn bad_commands_get_400_naming_the_field_and_keep_the_connection(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     let cases: Vec<(Vec<(&str, Field)>, &str)> = vec![
         (
@@ -243,9 +243,8 @@ async fn bad_commands_get_400_naming_the_field_and_keep_the_connection() {
     a.ping().await.unwrap();
 }
 
-#[tokio::test]
-async fn text_frame_is_400_then_1003() {
-    let s = Server::start(&[]);
+async fn text_frame_is_400_then_1003(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     a.send_text("{\"op\":\"ping\"}").await.unwrap();
     let (code, _) = a.closed(WAIT).await.unwrap();
@@ -254,9 +253,8 @@ async fn text_frame_is_400_then_1003() {
     assert_eq!(e.u64("code"), Some(400));
 }
 
-#[tokio::test]
-async fn frame_limit_exact_is_ok_one_more_is_1009() {
-    let s = Server::start(&[("SWITCHBOARD__LIMITS__MAX_FRAME_BYTES", "2048")]);
+async fn frame_limit_exact_is_ok_one_more_is_1009(mode: Mode) {
+    let s = Nodes::start(mode, &[("SWITCHBOARD__LIMITS__MAX_FRAME_BYTES", "2048")]).await;
     let mut a = s.client("alice").await;
     let head = encode_command(&[
         ("op", "ping".into()),
@@ -278,9 +276,8 @@ async fn frame_limit_exact_is_ok_one_more_is_1009() {
     assert_eq!(code, 1009);
 }
 
-#[tokio::test]
-async fn recovery_with_since() {
-    let s = Server::start(&[("SWITCHBOARD__HISTORY__SIZE", "5")]);
+async fn recovery_with_since(mode: Mode) {
+    let s = Nodes::start(mode, &[("SWITCHBOARD__HISTORY__SIZE", "5")]).await;
     let mut p = s.client("pub").await;
     let ok = p.join("r").await.unwrap();
     let epoch = ok.str("epoch").unwrap().to_owned();
@@ -320,9 +317,8 @@ async fn recovery_with_since() {
         .all(|ev| ev.op() != "msg" || ev.u64("offset") > Some(10)));
 }
 
-#[tokio::test]
-async fn msg_id_retry_is_not_published_twice() {
-    let s = Server::start(&[]);
+async fn msg_id_retry_is_not_published_twice(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     a.join("r").await.unwrap();
     let publish = |id: &str| {
@@ -343,9 +339,8 @@ async fn msg_id_retry_is_not_published_twice() {
     assert_eq!(a.next_op("msg", WAIT).await.unwrap().u64("offset"), Some(2));
 }
 
-#[tokio::test]
-async fn presence_joined_left_on_close() {
-    let s = Server::start(&[]);
+async fn presence_joined_left_on_close(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     a.join("room").await.unwrap();
     assert_eq!(
@@ -383,12 +378,15 @@ async fn presence_joined_left_on_close() {
     );
 }
 
-#[tokio::test]
-async fn heartbeat_expiry_of_a_frozen_client() {
-    let s = Server::start(&[
-        ("SWITCHBOARD__HEARTBEAT__INTERVAL_MS", "200"),
-        ("SWITCHBOARD__HEARTBEAT__TIMEOUT_MS", "800"),
-    ]);
+async fn heartbeat_expiry_of_a_frozen_client(mode: Mode) {
+    let s = Nodes::start(
+        mode,
+        &[
+            ("SWITCHBOARD__HEARTBEAT__INTERVAL_MS", "200"),
+            ("SWITCHBOARD__HEARTBEAT__TIMEOUT_MS", "800"),
+        ],
+    )
+    .await;
     let mut watcher = s.client("watcher").await;
     watcher.join("hb").await.unwrap();
     let mut frozen = s.client("frozen").await;
@@ -415,12 +413,15 @@ async fn heartbeat_expiry_of_a_frozen_client() {
     assert_eq!(watcher.presence("hb").await.unwrap(), vec!["watcher"]);
 }
 
-#[tokio::test]
-async fn publish_rate_limit_is_429_and_not_published() {
-    let s = Server::start(&[
-        ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "1"),
-        ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "3"),
-    ]);
+async fn publish_rate_limit_is_429_and_not_published(mode: Mode) {
+    let s = Nodes::start(
+        mode,
+        &[
+            ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "1"),
+            ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "3"),
+        ],
+    )
+    .await;
     let mut a = s.client("alice").await;
     a.join("r").await.unwrap();
     let mut codes = Vec::new();
@@ -444,9 +445,8 @@ async fn publish_rate_limit_is_429_and_not_published() {
     assert_eq!(a.pending().filter(|e| e.op() == "msg").count(), 3);
 }
 
-#[tokio::test]
-async fn rooms_per_connection_limit_is_429() {
-    let s = Server::start(&[("SWITCHBOARD__LIMITS__ROOMS_PER_CONNECTION", "2")]);
+async fn rooms_per_connection_limit_is_429(mode: Mode) {
+    let s = Nodes::start(mode, &[("SWITCHBOARD__LIMITS__ROOMS_PER_CONNECTION", "2")]).await;
     let mut a = s.client("alice").await;
     a.join("a").await.unwrap();
     a.join("b").await.unwrap();
@@ -461,13 +461,23 @@ async fn rooms_per_connection_limit_is_429() {
     a.join("c").await.unwrap();
 }
 
-#[tokio::test]
-async fn send_reaches_every_connection_or_404() {
-    let s = Server::start(&[]);
+async fn send_reaches_every_connection_or_404(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
     let mut a = s.client("alice").await;
     let mut b1 = s.client("bob").await;
     let mut b2 = s.client("bob").await;
-    assert_eq!(a.send_to("bob", "hey".into()).await.unwrap(), 2);
+    b1.ping().await.unwrap();
+    b2.ping().await.unwrap();
+    // In a cluster, bob's connections become known to alice's node shortly.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let delivered = loop {
+        let n = a.send_to("bob", "hey".into()).await.unwrap_or(0);
+        if n == 2 || tokio::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivered, 2);
     for b in [&mut b1, &mut b2] {
         let dm = b.next_op("dm", WAIT).await.unwrap();
         assert_eq!(
@@ -481,13 +491,16 @@ async fn send_reaches_every_connection_or_404() {
     }
 }
 
-#[tokio::test]
-async fn slow_consumer_is_closed_and_nobody_else_waits() {
-    let s = Server::start(&[
-        ("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "16"),
-        ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
-        ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
-    ]);
+async fn slow_consumer_is_closed_and_nobody_else_waits(mode: Mode) {
+    let s = Nodes::start(
+        mode,
+        &[
+            ("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "16"),
+            ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
+            ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
+        ],
+    )
+    .await;
     let mut fast = s.client("fast").await;
     let mut slow = s.client("slow").await;
     fast.join("flood").await.unwrap();
@@ -513,11 +526,13 @@ async fn slow_consumer_is_closed_and_nobody_else_waits() {
     }
     let (code, reason) = slow.closed(Duration::from_secs(10)).await.unwrap();
     assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
-    let (_, metrics) = s.http("GET", "/metrics", &[], b"").await;
-    assert!(
-        metrics.contains("switchboard_slow_consumers_total 1"),
-        "{metrics}"
-    );
+    // Counted on the node that held the slow connection.
+    let mut counted = false;
+    for server in &s.servers {
+        let (_, metrics) = server.http("GET", "/metrics", &[], b"").await;
+        counted |= metrics.contains("switchboard_slow_consumers_total 1");
+    }
+    assert!(counted, "no node counted the slow consumer");
 }
 
 fn jwt(secret: &str, claims: serde_json::Value) -> String {
@@ -536,13 +551,16 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test]
-async fn jwt_refusals_before_upgrade_and_rooms_claim() {
+async fn jwt_refusals_before_upgrade_and_rooms_claim(mode: Mode) {
     let secret = "a-test-secret-that-is-long-enough!";
-    let s = Server::start(&[
-        ("SWITCHBOARD__AUTH__MODE", "jwt"),
-        ("SWITCHBOARD__AUTH__HS256_SECRET", secret),
-    ]);
+    let s = Nodes::start(
+        mode,
+        &[
+            ("SWITCHBOARD__AUTH__MODE", "jwt"),
+            ("SWITCHBOARD__AUTH__HS256_SECRET", secret),
+        ],
+    )
+    .await;
     let upgrade = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
@@ -610,9 +628,8 @@ async fn jwt_refusals_before_upgrade_and_rooms_claim() {
     b.join("team-8:general").await.unwrap();
 }
 
-#[tokio::test]
-async fn http_publish_with_and_without_the_key() {
-    let s = Server::start(&[("SWITCHBOARD__API__KEY", "sekret")]);
+async fn http_publish_with_and_without_the_key(mode: Mode) {
+    let s = Nodes::start(mode, &[("SWITCHBOARD__API__KEY", "sekret")]).await;
     let mut a = s.client("alice").await;
     a.join("news").await.unwrap();
     let body = br#"{"room":"news","data":{"headline":"hi","n":3}}"#;
@@ -803,9 +820,8 @@ async fn a_crashed_room_restarts_and_members_lose_nothing() {
     assert!(s.logs().contains("room failed; restarting it"));
 }
 
-#[tokio::test]
-async fn idle_sessions_passivate_and_wake() {
-    let s = Server::start(&[("SWITCHBOARD__SESSION__PASSIVATE_MS", "100")]);
+async fn idle_sessions_passivate_and_wake(mode: Mode) {
+    let s = Nodes::start(mode, &[("SWITCHBOARD__SESSION__PASSIVATE_MS", "100")]).await;
     let mut a = s.client("alice").await;
     a.join("p").await.unwrap();
     for i in 1..=3u64 {
@@ -815,12 +831,15 @@ async fn idle_sessions_passivate_and_wake() {
     }
 }
 
-#[tokio::test]
-async fn a_member_that_stops_reading_blocks_nobody() {
-    let s = Server::start(&[
-        ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
-        ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
-    ]);
+async fn a_member_that_stops_reading_blocks_nobody(mode: Mode) {
+    let s = Nodes::start(
+        mode,
+        &[
+            ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
+            ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
+        ],
+    )
+    .await;
     let mut stuck = s.client("stuck").await;
     stuck.join("r").await.unwrap();
     let mut readers = Vec::new();
@@ -845,3 +864,44 @@ async fn a_member_that_stops_reading_blocks_nobody() {
         }
     }
 }
+
+/// Every test above runs against one node and against three clustered
+/// nodes with the clients spread over them (round robin).
+macro_rules! on_one_node_and_on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod one_node {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Mode::Single).await
+            })*
+        }
+        mod cluster_of_three {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Mode::Cluster).await
+            })*
+        }
+    };
+}
+
+on_one_node_and_on_a_cluster!(
+    join_pub_msg_leave_ping,
+    ping_command_gets_pong,
+    data_passes_through_byte_for_byte,
+    batched_commands_in_one_message,
+    bad_commands_get_400_naming_the_field_and_keep_the_connection,
+    text_frame_is_400_then_1003,
+    frame_limit_exact_is_ok_one_more_is_1009,
+    recovery_with_since,
+    msg_id_retry_is_not_published_twice,
+    presence_joined_left_on_close,
+    heartbeat_expiry_of_a_frozen_client,
+    publish_rate_limit_is_429_and_not_published,
+    rooms_per_connection_limit_is_429,
+    send_reaches_every_connection_or_404,
+    slow_consumer_is_closed_and_nobody_else_waits,
+    jwt_refusals_before_upgrade_and_rooms_claim,
+    http_publish_with_and_without_the_key,
+    idle_sessions_passivate_and_wake,
+    a_member_that_stops_reading_blocks_nobody,
+);

@@ -267,3 +267,66 @@ pub async fn cluster3(env: &[(&str, &str)]) -> Vec<Server> {
     .await
     .0
 }
+
+/// Where a protocol test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    /// Three clustered nodes; clients are spread over them in turn.
+    Cluster,
+}
+
+/// One node, or three clustered ones, behind one interface.
+pub struct Nodes {
+    pub servers: Vec<Server>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Nodes {
+    pub async fn start(mode: Mode, env: &[(&str, &str)]) -> Nodes {
+        let servers = match mode {
+            Mode::Single => vec![Server::start(env)],
+            Mode::Cluster => cluster3(env).await,
+        };
+        Nodes {
+            servers,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> &Server {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        &self.servers[i % self.servers.len()]
+    }
+
+    /// A client on the next node in turn.
+    pub async fn client(&self, user: &str) -> Client {
+        self.pick().client(user).await
+    }
+
+    pub async fn connect(
+        &self,
+        opts: ConnectOptions,
+    ) -> Result<Client, switchboard_client::ClientError> {
+        self.pick().connect(opts).await
+    }
+
+    /// An HTTP request to the first node.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        self.servers[0].http(method, path, headers, body).await
+    }
+
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(Server::logs)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
