@@ -267,12 +267,16 @@ impl Conn {
             CommandKind::Send { to, data } => {
                 let dm = event::dm(&self.user, &data);
                 let mut delivered = self.node.presence.send(&to, &dm);
-                // Once to each other node where the user has connections.
-                let remote = self.node.presence.nodes_of(&to);
-                let counts = remote
-                    .iter()
-                    .map(|node| self.node.cluster.dm(node, &to, &dm));
-                delivered += futures_sum(counts).await;
+                // Once to each other node where the user has connections,
+                // all at once.
+                let mut calls = tokio::task::JoinSet::new();
+                for node in self.node.presence.nodes_of(&to) {
+                    let (cluster, to, dm) = (self.node.cluster.clone(), to.clone(), dm.clone());
+                    calls.spawn(async move { cluster.dm(&node, &to, &dm).await });
+                }
+                while let Some(n) = calls.join_next().await {
+                    delivered += n.unwrap_or(0);
+                }
                 if delivered == 0 {
                     return Err(CommandError::new(
                         id,
@@ -368,20 +372,6 @@ impl Actor for Session {
         state.conn.node.sessions.remove(&myself.get_id());
         Ok(())
     }
-}
-
-async fn futures_sum<F: std::future::Future<Output = u64>>(
-    futures: impl Iterator<Item = F>,
-) -> u64 {
-    let mut total = 0;
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(f);
-    }
-    for f in set {
-        total += f.await;
-    }
-    total
 }
 
 /// How long the writer waits on a socket that will not take more bytes once
