@@ -241,20 +241,20 @@ fn parse_json_publish(body: &[u8]) -> Result<(String, Bytes, Option<String>), St
 }
 
 fn parse_msgpack_publish(body: &Bytes) -> Result<(String, Bytes, Option<String>), String> {
-    // Reuse the command decoder: the body is a `pub` without `op`.
     let (value, rest) = split_value(body).map_err(|e| format!("body: {e}"))?;
     if !rest.is_empty() {
         return Err("body: one MessagePack map expected".into());
     }
-    let mut cmd = Vec::with_capacity(value.len() + 8);
-    // Prepend `op: "pub"` by rewriting the map header with one more entry.
-    let (entries, header_len) = match value.first() {
-        Some(&m @ 0x80..=0x8e) => (usize::from(m & 0x0f), 1),
-        _ => return Err("body: a MessagePack map of at most 14 entries expected".into()),
-    };
-    cmd.push(0x80 | (entries as u8 + 1));
-    cmd.extend_from_slice(&[0xa2, b'o', b'p', 0xa3, b'p', b'u', b'b']);
-    cmd.extend_from_slice(&value[header_len..]);
+    // The body is a `pub` without `op`: add it, and let the command decoder
+    // check the rest exactly as it does for WebSocket clients.
+    let mut fields = value;
+    let entries = rmp::decode::read_map_len(&mut fields)
+        .map_err(|_| "body: a MessagePack map expected".to_owned())?;
+    let mut cmd = Vec::with_capacity(value.len() + 12);
+    rmp::encode::write_map_len(&mut cmd, entries + 1).map_err(|e| e.to_string())?;
+    rmp::encode::write_str(&mut cmd, "op").map_err(|e| e.to_string())?;
+    rmp::encode::write_str(&mut cmd, "pub").map_err(|e| e.to_string())?;
+    cmd.extend_from_slice(fields);
     let cmd = Bytes::from(cmd);
     match switchboard_protocol::decode_commands(&cmd).next() {
         Some(Ok(switchboard_protocol::Command {
