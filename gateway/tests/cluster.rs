@@ -435,3 +435,26 @@ async fn peers_are_found_through_dns() {
         n.wait_nodes(2, Duration::from_secs(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_room_whose_home_cannot_be_reached_answers_503() {
+    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
+    let names = ["n1", "n2", "n3"];
+    let room = room_homed_on("far", "n2", &names);
+    let mut c = nodes[0].client("c").await;
+    // The link to the room's home goes silent; until the watchdog drops the
+    // peer, the home is in the view but cannot answer.
+    to_n1.blackhole();
+    to_n2.blackhole();
+    match c.join(&room).await {
+        Err(switchboard_client::ClientError::Server { code: 503, reason }) => {
+            assert!(reason.starts_with("room:"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Once the peer is dropped the room is homed on this side, and works.
+    nodes[0].wait_nodes(2, Duration::from_secs(10)).await;
+    c.join(&room).await.unwrap();
+    to_n1.heal();
+    to_n2.heal();
+}
