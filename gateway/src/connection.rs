@@ -13,14 +13,17 @@ use fastwebsockets::{
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::{event, CloseCode, ConnId, ErrorCode, EventSink};
-use tokio::io::WriteHalf;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
 use crate::session::{Conn, CLOSE_GRACE};
 
-type Stream = TokioIo<Upgraded>;
+type ReadStream = Prefixed<OwnedReadHalf>;
+type WriteStream = OwnedWriteHalf;
 
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
@@ -32,15 +35,22 @@ pub async fn serve(
     id: ConnId,
     identity: Identity,
 ) {
-    let ws = match upgrade.await {
-        Ok(ws) => ws,
+    let (read, write) = match upgrade.await {
+        Ok(ws) => match into_tcp(ws.into_inner().into_inner()) {
+            Some(halves) => halves,
+            None => {
+                tracing::warn!(conn = %id, "upgraded connection is not TCP");
+                return;
+            }
+        },
         Err(e) => {
             tracing::debug!(conn = %id, error = %e, "upgrade failed");
             return;
         }
     };
     let limits = &node.settings.limits;
-    let (mut rd, wr) = ws.split(tokio::io::split);
+    let (mut rd, wr) =
+        fastwebsockets::after_handshake_split(read, write, fastwebsockets::Role::Server);
     // A message exactly at the limit is accepted; one byte more is not.
     rd.set_max_message_size(limits.max_frame_bytes + 1);
     let rd = FragmentCollectorRead::new(rd);
@@ -106,11 +116,7 @@ impl Drop for Finish {
     }
 }
 
-async fn read_loop(
-    mut rd: FragmentCollectorRead<tokio::io::ReadHalf<Stream>>,
-    conn: &Arc<Conn>,
-    max_frame: usize,
-) {
+async fn read_loop(mut rd: FragmentCollectorRead<ReadStream>, conn: &Arc<Conn>, max_frame: usize) {
     let out = conn.out.clone();
     // Frames the protocol obliges us to send (pong, close echo) go through
     // the outbound queue so that only the writer writes.
@@ -178,11 +184,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut wr: WebSocketWrite<WriteHalf<Stream>>,
-    out: Arc<Outbound>,
-    heartbeat: Duration,
-) {
+async fn write_loop(mut wr: WebSocketWrite<WriteStream>, out: Arc<Outbound>, heartbeat: Duration) {
     let start = tokio::time::Instant::now() + heartbeat;
     let mut ping = tokio::time::interval_at(start, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,7 +209,7 @@ async fn write_loop(
 
 /// Writes one batch; `Err` once the connection is finished.
 async fn write_batch(
-    wr: &mut WebSocketWrite<WriteHalf<Stream>>,
+    wr: &mut WebSocketWrite<WriteStream>,
     out: &Outbound,
     batch: Batch,
 ) -> Result<(), ()> {
@@ -249,7 +251,7 @@ async fn write_batch(
 /// Writes a frame, giving up shortly after the connection starts closing
 /// if the socket will not take it (a client that stopped reading).
 async fn write(
-    wr: &mut WebSocketWrite<WriteHalf<Stream>>,
+    wr: &mut WebSocketWrite<WriteStream>,
     out: &Outbound,
     frame: Frame<'_>,
 ) -> Result<(), ()> {
@@ -259,5 +261,45 @@ async fn write(
             out.closing().await;
             tokio::time::sleep(CLOSE_GRACE).await;
         } => Err(()),
+    }
+}
+
+/// Takes the TCP socket back from hyper once the upgrade is done, so that
+/// no HTTP buffers or boxed I/O stay behind for the life of the connection;
+/// bytes hyper had already read go first.
+fn into_tcp(upgraded: Upgraded) -> Option<(ReadStream, WriteStream)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let (read, write) = parts.io.into_inner().into_split();
+    let prefix = (!parts.read_buf.is_empty()).then_some(parts.read_buf);
+    Some((
+        Prefixed {
+            prefix,
+            inner: read,
+        },
+        write,
+    ))
+}
+
+/// A reader that yields `prefix` before reading from `inner`.
+pub struct Prefixed<R> {
+    prefix: Option<Bytes>,
+    inner: R,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(prefix) = &mut self.prefix {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                self.prefix = None;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -346,6 +346,34 @@ impl Client {
         }
     }
 
+    /// The next binary WebSocket message from the server, undecoded (for
+    /// load generators; events already decoded stay queued). Pings are
+    /// answered; a close is an error.
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Bytes, ClientError> {
+        loop {
+            let frame = tokio::time::timeout(timeout, self.ws.read_frame())
+                .await
+                .map_err(|_| ClientError::Timeout)??;
+            match frame.opcode {
+                OpCode::Binary => return Ok(Bytes::from(Vec::from(frame.payload))),
+                OpCode::Ping => {
+                    let payload = Vec::from(frame.payload);
+                    let _ = self
+                        .ws
+                        .write_frame(Frame::pong(Payload::Owned(payload)))
+                        .await;
+                }
+                OpCode::Close => {
+                    return Err(ClientError::Closed {
+                        code: 1000,
+                        reason: String::new(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Events received and not taken yet.
     pub fn pending(&self) -> impl Iterator<Item = &Event> {
         self.events.iter()

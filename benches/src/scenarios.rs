@@ -1,0 +1,539 @@
+//! The scenarios, each run against every system given.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rmpv::Value;
+use serde_json::{json, Map};
+use switchboard_client::{encode_command, Client, ConnectOptions, Field};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::procstat;
+use crate::worker::{decode_histogram, new_histogram, now_ns, WorkerReport};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// A short run (under five minutes for everything).
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, default_value = "benches/results/latest.json")]
+    pub out: PathBuf,
+    /// Switchboard under test: `host:port` and the server's pid.
+    #[arg(long)]
+    pub switchboard: Option<String>,
+    #[arg(long)]
+    pub switchboard_pid: Option<u32>,
+    /// The Redis pub/sub peer: `host:port`, and the pids of its node and
+    /// redis-server processes (their CPU is added up).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub baseline_pids: Vec<u32>,
+    /// Directory with the built `fanout-floor` and `socket-memory-floor`.
+    #[arg(long)]
+    pub floor_dir: Option<PathBuf>,
+    /// Run only these scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// Connections per worker process (each holds one file per connection).
+const PER_WORKER: usize = 5000;
+
+struct System {
+    name: &'static str,
+    addr: String,
+    pids: Vec<u32>,
+}
+
+struct Sizes {
+    density: usize,
+    members: usize,
+    publishes: u64,
+    rate: u64,
+    rate_secs: u64,
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let sizes = if args.quick {
+        Sizes {
+            density: 5000,
+            members: 5000,
+            publishes: 200,
+            rate: 20,
+            rate_secs: 5,
+        }
+    } else {
+        Sizes {
+            density: 18000,
+            members: 5000,
+            publishes: 1000,
+            rate: 20,
+            rate_secs: 20,
+        }
+    };
+    let mut systems = Vec::new();
+    if let (Some(addr), Some(pid)) = (&args.switchboard, args.switchboard_pid) {
+        systems.push(System {
+            name: "switchboard",
+            addr: addr.clone(),
+            pids: vec![pid],
+        });
+    }
+    if let Some(addr) = &args.baseline {
+        systems.push(System {
+            name: "redis-baseline",
+            addr: addr.clone(),
+            pids: args.baseline_pids.clone(),
+        });
+    }
+    let mut results = Vec::new();
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    for sys in &systems {
+        if want("rtt") {
+            step(&format!("{}: rtt (idle)", sys.name));
+            results.push(rtt(sys, "idle").await?);
+        }
+        if want("density") || want("connect") {
+            step(&format!(
+                "{}: density and connect, {} connections",
+                sys.name, sizes.density
+            ));
+            let (d, c) = density(sys, sizes.density).await?;
+            results.push(d);
+            results.push(c);
+        }
+        if !want("fanout") {
+            continue;
+        }
+        step(&format!(
+            "{}: fan-out flat out, {} members",
+            sys.name, sizes.members
+        ));
+        let max = fanout(sys, sizes.members, Pace::FlatOut(sizes.publishes)).await?;
+        // Half of what the members could take in, not of what the server
+        // acknowledged: the publisher can run ahead of the deliveries.
+        let max_deliveries = max["deliveries_per_s"].as_f64().unwrap_or(1.0);
+        results.push(max);
+        let half = ((max_deliveries / 2.0 / sizes.members as f64).max(1.0)) as u64;
+        step(&format!(
+            "{}: fan-out at half the maximum rate ({half}/s)",
+            sys.name
+        ));
+        results.push(fanout(sys, sizes.members, Pace::Rate(half, sizes.rate_secs)).await?);
+        step(&format!("{}: fan-out at {}/s", sys.name, sizes.rate));
+        results.push(fanout(sys, sizes.members, Pace::Rate(sizes.rate, sizes.rate_secs)).await?);
+    }
+    if let (Some(dir), true) = (&args.floor_dir, want("floor")) {
+        step("floor: kernel fan-out and socket memory");
+        results.extend(floor(dir, sizes.members, sizes.density.min(9000))?);
+    }
+    let doc = json!({ "quick": args.quick, "scenarios": results });
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)?;
+    step(&format!("wrote {}", args.out.display()));
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn step(what: &str) {
+    println!("== {what}");
+}
+
+/// A running worker process.
+struct Worker {
+    /// Connections it opened and joined, and those that failed.
+    opened: usize,
+    failed: usize,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Worker {
+    async fn spawn(
+        addr: String,
+        connections: usize,
+        id: usize,
+        fanout_room: Option<String>,
+    ) -> Result<Worker> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("worker")
+            .arg("--addr")
+            .arg(&addr)
+            .arg("--connections")
+            .arg(connections.to_string())
+            .arg("--id")
+            .arg(id.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(room) = fanout_room {
+            cmd.arg("--fanout-room").arg(room);
+        }
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut w = Worker {
+            opened: 0,
+            failed: 0,
+            child,
+            stdin,
+            stdout,
+        };
+        let line = w.stdout.next_line().await?;
+        let counts: Vec<usize> = line
+            .as_deref()
+            .and_then(|l| l.strip_prefix("ready "))
+            .map(|rest| rest.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default();
+        match counts[..] {
+            [opened, failed] => {
+                w.opened = opened;
+                w.failed = failed;
+                Ok(w)
+            }
+            _ => bail!("worker did not get ready: {line:?}"),
+        }
+    }
+
+    /// The newest progress line's count (messages received so far).
+    async fn received(&mut self) -> Result<u64> {
+        loop {
+            let line = self.stdout.next_line().await?.context("worker ended")?;
+            if let Some(n) = line.strip_prefix("received ") {
+                return Ok(n.parse()?);
+            }
+        }
+    }
+
+    async fn finish(mut self) -> Result<WorkerReport> {
+        drop(self.stdin.take());
+        loop {
+            let line = self.stdout.next_line().await?.context("no report")?;
+            if !line.starts_with("received ") {
+                let _ = self.child.wait().await;
+                return Ok(serde_json::from_str(&line)?);
+            }
+        }
+    }
+}
+
+async fn spawn_workers(
+    sys: &System,
+    total: usize,
+    first_id: usize,
+    room: Option<&str>,
+) -> Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    let mut left = total;
+    let mut id = first_id;
+    let mut pending = Vec::new();
+    while left > 0 {
+        let n = left.min(PER_WORKER);
+        pending.push(Worker::spawn(
+            sys.addr.clone(),
+            n,
+            id,
+            room.map(str::to_owned),
+        ));
+        left -= n;
+        id += 1;
+    }
+    for w in futures_join(pending).await {
+        workers.push(w?);
+    }
+    Ok(workers)
+}
+
+async fn futures_join<F>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut handles = Vec::new();
+    for f in futs {
+        handles.push(tokio::spawn(f));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn row(scenario: &str, system: &str) -> Map<String, serde_json::Value> {
+    let mut m = Map::new();
+    m.insert("scenario".into(), json!(scenario));
+    m.insert("system".into(), json!(system));
+    m
+}
+
+/// Idle connections, each in one of 100 rooms: server RSS per connection
+/// above a warm baseline, and the rate at which they connected and joined.
+async fn density(sys: &System, n: usize) -> Result<(serde_json::Value, serde_json::Value)> {
+    let pid = sys.pids[0];
+    let warm = spawn_workers(sys, 500, 9000, None).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = procstat::rss_kib(pid)?;
+    let started = Instant::now();
+    let workers = spawn_workers(sys, n, 0, None).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Idle means idle: past the session passivation period (default 5 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let rss1 = procstat::rss_kib(pid)?;
+    let mut opened = 0;
+    let mut failed = 0;
+    for w in workers {
+        let r = w.finish().await?;
+        opened += r.opened;
+        failed += r.failed;
+    }
+    for w in warm {
+        w.finish().await?;
+    }
+    let mut d = row("density", sys.name);
+    d.insert("connections".into(), json!(opened));
+    d.insert("failed".into(), json!(failed));
+    d.insert("rss_kib_baseline".into(), json!(rss0));
+    d.insert("rss_kib".into(), json!(rss1));
+    d.insert(
+        "rss_kib_per_connection".into(),
+        json!((rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64),
+    );
+    let mut c = row("connect", sys.name);
+    c.insert("connections".into(), json!(opened));
+    c.insert(
+        "connections_per_s".into(),
+        json!(opened as f64 / connect_secs),
+    );
+    Ok((serde_json::Value::Object(d), serde_json::Value::Object(c)))
+}
+
+enum Pace {
+    /// This many publications, as fast as the server acknowledges them.
+    FlatOut(u64),
+    /// This many a second, for this many seconds.
+    Rate(u64, u64),
+}
+
+fn pub_command(room: &str, seq: u64, id: u64) -> Vec<u8> {
+    let data = Value::Array(vec![Value::from(seq), Value::from(now_ns())]);
+    encode_command(&[
+        ("op", "pub".into()),
+        ("room", room.into()),
+        ("data", Field::Value(data)),
+        ("id", id.into()),
+    ])
+}
+
+/// One room with `members` members, one publisher.
+async fn fanout(sys: &System, members: usize, pace: Pace) -> Result<serde_json::Value> {
+    let room = format!("fanout-{}", now_ns() % 1_000_000);
+    let mut workers = spawn_workers(sys, members, 100, Some(&room)).await?;
+    let joined: usize = workers.iter().map(|w| w.opened).sum();
+    let failed: usize = workers.iter().map(|w| w.failed).sum();
+    let mut publisher = Client::connect(&sys.addr, ConnectOptions::user("publisher")).await?;
+    let mut pinger = Client::connect(&sys.addr, ConnectOptions::user("pinger")).await?;
+    let cpu0 = procstat::cpu_us_all(&sys.pids)?;
+    let started = Instant::now();
+    let rtt_task = tokio::spawn(async move {
+        let mut h = new_histogram();
+        for _ in 0..50 {
+            let t = Instant::now();
+            if pinger.ping().await.is_err() {
+                break;
+            }
+            let _ = h.record(t.elapsed().as_micros() as u64);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        h
+    });
+    let mut published = 0u64;
+    match pace {
+        Pace::FlatOut(total) => {
+            // Batches of 20 in one message; the next batch after the last ok.
+            let mut id = 0;
+            while published < total {
+                let mut batch = Vec::new();
+                for _ in 0..20.min(total - published) {
+                    id += 1;
+                    batch.extend(pub_command(&room, published, id));
+                    published += 1;
+                }
+                publisher.send_binary(batch).await?;
+                publisher.reply(id, Duration::from_secs(30)).await?;
+            }
+        }
+        Pace::Rate(per_s, secs) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_s as f64));
+            let total = per_s * secs;
+            while published < total {
+                tick.tick().await;
+                published += 1;
+                publisher
+                    .send_binary(pub_command(&room, published - 1, published))
+                    .await?;
+            }
+            publisher.reply(published, Duration::from_secs(30)).await?;
+        }
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    // Let deliveries drain: until all arrived, or nothing more for 10 s.
+    let expected = published * joined as u64;
+    let (mut seen, mut since) = (0u64, Instant::now());
+    loop {
+        let mut now_seen = 0;
+        for w in &mut workers {
+            now_seen += w.received().await?;
+        }
+        if now_seen >= expected || since.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if now_seen > seen {
+            (seen, since) = (now_seen, Instant::now());
+        }
+    }
+    let cpu1 = procstat::cpu_us_all(&sys.pids)?;
+    let mut received = 0u64;
+    let mut reordered = 0u64;
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    let mut hist = new_histogram();
+    for w in workers {
+        let r = w.finish().await?;
+        received += r.received;
+        reordered += r.reordered;
+        if r.first_ns > 0 {
+            first = first.min(r.first_ns);
+        }
+        last = last.max(r.last_ns);
+        hist.add(&decode_histogram(&r.latency)?)?;
+    }
+    let rtt = rtt_task.await?;
+    let lost = expected.saturating_sub(received.saturating_sub(reordered));
+    let span = (last.saturating_sub(first)) as f64 / 1e9;
+    let mut m = row("fanout", sys.name);
+    m.insert(
+        "pace".into(),
+        json!(match pace {
+            Pace::FlatOut(_) => "max".to_owned(),
+            Pace::Rate(r, _) => format!("{r}/s"),
+        }),
+    );
+    m.insert("members".into(), json!(joined));
+    m.insert("members_failed_to_join".into(), json!(failed));
+    m.insert("published".into(), json!(published));
+    m.insert(
+        "publishes_per_s".into(),
+        json!(published as f64 / publish_secs),
+    );
+    m.insert("deliveries".into(), json!(received));
+    m.insert(
+        "deliveries_per_s".into(),
+        json!(received as f64 / span.max(1e-6)),
+    );
+    m.insert(
+        "server_cpu_us_per_delivery".into(),
+        json!((cpu1 - cpu0) as f64 / received.max(1) as f64),
+    );
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    m.insert("p50_ms".into(), json!(ms(0.5)));
+    m.insert("p99_ms".into(), json!(ms(0.99)));
+    m.insert("p999_ms".into(), json!(ms(0.999)));
+    m.insert("lost".into(), json!(lost));
+    m.insert("reordered".into(), json!(reordered));
+    m.insert(
+        "rtt_p50_ms".into(),
+        json!(rtt.value_at_quantile(0.5) as f64 / 1000.0),
+    );
+    m.insert(
+        "rtt_p99_ms".into(),
+        json!(rtt.value_at_quantile(0.99) as f64 / 1000.0),
+    );
+    Ok(serde_json::Value::Object(m))
+}
+
+/// `ping`/`pong` round trips on an otherwise idle server.
+async fn rtt(sys: &System, load: &str) -> Result<serde_json::Value> {
+    let mut c = Client::connect(&sys.addr, ConnectOptions::user("rtt")).await?;
+    let mut h = new_histogram();
+    for _ in 0..500 {
+        let t = Instant::now();
+        c.ping().await?;
+        let _ = h.record(t.elapsed().as_micros() as u64);
+    }
+    let mut m = row("rtt", sys.name);
+    m.insert("load".into(), json!(load));
+    m.insert(
+        "p50_ms".into(),
+        json!(h.value_at_quantile(0.5) as f64 / 1000.0),
+    );
+    m.insert(
+        "p99_ms".into(),
+        json!(h.value_at_quantile(0.99) as f64 / 1000.0),
+    );
+    m.insert(
+        "p999_ms".into(),
+        json!(h.value_at_quantile(0.999) as f64 / 1000.0),
+    );
+    Ok(serde_json::Value::Object(m))
+}
+
+/// The kernel's floor on this machine, from the C tools in shared/tools.
+fn floor(dir: &std::path::Path, members: usize, sockets: usize) -> Result<Vec<serde_json::Value>> {
+    // A `msg` event of this benchmark is about 60 bytes, plus the frame header.
+    let out = std::process::Command::new(dir.join("fanout-floor"))
+        .args([members.to_string(), "66".into(), "1".into(), "20".into()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let num_before = |marker: &str| -> Option<f64> {
+        let i = text.find(marker)?;
+        text[..i].split_whitespace().last()?.parse().ok()
+    };
+    let mut f = row("fanout", "floor");
+    f.insert("pace".into(), json!("max"));
+    f.insert("members".into(), json!(members));
+    f.insert(
+        "deliveries_per_s".into(),
+        json!(num_before(" M deliveries/s").unwrap_or(0.0) * 1e6),
+    );
+    f.insert(
+        "server_cpu_us_per_delivery".into(),
+        json!(num_before(" ns sender-CPU/delivery").unwrap_or(0.0) / 1000.0),
+    );
+    f.insert("lost".into(), json!(0));
+    f.insert("reordered".into(), json!(0));
+    f.insert("raw".into(), json!(text.trim()));
+    let out = std::process::Command::new(dir.join("socket-memory-floor"))
+        .arg(sockets.to_string())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let per_conn = text
+        .lines()
+        .find(|l| l.starts_with("Slab delta"))
+        .and_then(|l| {
+            l.split("-> ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    let mut d = row("density", "floor");
+    d.insert("connections".into(), json!(sockets));
+    d.insert("rss_kib_per_connection".into(), json!(0.0));
+    d.insert("kernel_kib_per_connection".into(), json!(per_conn / 1024.0));
+    d.insert("raw".into(), json!(text.trim()));
+    Ok(vec![
+        serde_json::Value::Object(f),
+        serde_json::Value::Object(d),
+    ])
+}
