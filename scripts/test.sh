@@ -19,3 +19,18 @@ python3 -m venv target/pyenv >/dev/null 2>&1 || true
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
+
+echo "== kubernetes manifests and alert rules"
+if ! command -v kubectl >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends kubectl prometheus >/dev/null
+  else
+    echo "kubectl and promtool are needed (apt-get install kubectl prometheus)"; exit 1
+  fi
+fi
+target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements-k8s.txt
+kubectl kustomize k8s > target/k8s-rendered.yaml
+# Every rendered resource against Kubernetes 1.30's schemas (the
+# ServiceMonitor CRD has none here: gateway/tests/k8s.rs checks it).
+target/pyenv/bin/kubernetes-validate -k 1.30.0 --strict target/k8s-rendered.yaml
+promtool check rules k8s/prometheus-rules.yaml

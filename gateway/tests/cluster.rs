@@ -458,3 +458,51 @@ async fn a_room_whose_home_cannot_be_reached_answers_503() {
     to_n1.heal();
     to_n2.heal();
 }
+
+#[tokio::test]
+async fn clients_of_a_draining_node_recover_elsewhere() {
+    let mut env = FAST.to_vec();
+    env.push(("SWITCHBOARD__SHUTDOWN__DRAIN_S", "2"));
+    let mut nodes = cluster3(&env).await;
+    let names = ["n1", "n2", "n3"];
+    let rooms = [
+        room_homed_on("drain-a", "n1", &names),
+        room_homed_on("drain-b", "n2", &names),
+        room_homed_on("drain-c", "n3", &names),
+    ];
+    let mut publisher = nodes[0].client("publisher").await;
+    let mut on_n3 = Vec::new();
+    for room in &rooms {
+        let mut c = nodes[2].client("mobile").await;
+        let epoch = c.join(room).await.unwrap().str("epoch").unwrap().to_owned();
+        publisher.publish(room, "first".into()).await.unwrap();
+        assert_eq!(msgs(&mut c, 1).await[0].0, 1);
+        on_n3.push((c, epoch));
+    }
+    // SIGTERM: every client of n3 is closed with 1012 within the drain.
+    nodes[2].signal("TERM");
+    for (c, _) in &mut on_n3 {
+        let (code, _) = c.closed(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(code, 1012);
+    }
+    for room in &rooms[..2] {
+        publisher.publish(room, "missed".into()).await.unwrap();
+    }
+    // The drained node's own room may be between homes right now.
+    let _ = publisher.publish(&rooms[2], "missed".into()).await;
+    assert!(nodes[2].wait_exit(Duration::from_secs(10)).success());
+    nodes[0].wait_nodes(2, Duration::from_secs(10)).await;
+    // Reconnected to another node: rooms homed elsewhere recover what was
+    // missed; the room homed on the drained node starts a new epoch.
+    for (i, (room, (_, epoch))) in rooms.iter().zip(&on_n3).enumerate() {
+        let mut c = nodes[1].client("mobile").await;
+        let ok = c.join_since(room, epoch, 1).await.unwrap();
+        if i < 2 {
+            assert_eq!(ok.bool("recovered"), Some(true), "{room}");
+            let got = msgs(&mut c, 1).await;
+            assert_eq!((got[0].0, got[0].2.clone()), (2, Value::from("missed")));
+        } else {
+            assert_eq!(ok.bool("recovered"), Some(false), "{room}");
+        }
+    }
+}
