@@ -14,12 +14,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
-echo "== python client"
-python3 -m venv target/pyenv >/dev/null 2>&1 || true
-target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-cargo build --quiet --bin switchboard
-SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
-
 echo "== kubernetes manifests and alert rules"
 if ! command -v kubectl >/dev/null || ! command -v promtool >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
@@ -28,9 +22,15 @@ if ! command -v kubectl >/dev/null || ! command -v promtool >/dev/null; then
     echo "kubectl and promtool are needed (apt-get install kubectl prometheus)"; exit 1
   fi
 fi
+python3 -m venv target/pyenv >/dev/null 2>&1 || true
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements-k8s.txt
 kubectl kustomize k8s > target/k8s-rendered.yaml
 # Every rendered resource against Kubernetes 1.30's schemas (the
 # ServiceMonitor CRD has none here: gateway/tests/k8s.rs checks it).
 target/pyenv/bin/kubernetes-validate -k 1.30.0 --strict target/k8s-rendered.yaml
 promtool check rules k8s/prometheus-rules.yaml
+
+echo "== python client"
+target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+cargo build --quiet --bin switchboard
+SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py

@@ -188,6 +188,11 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
             yes(v >= 10_000.0)
         )?;
     }
+    // Hand-written notes (micro-benchmarks, what each change bought).
+    let micro = input.with_file_name("notes.md");
+    if let Ok(text) = std::fs::read_to_string(&micro) {
+        writeln!(md, "\n{}", text.trim_end())?;
+    }
     std::fs::write(out, md)?;
     Ok(())
 }
