@@ -180,7 +180,7 @@ impl Conn {
 
     async fn handle(&self, Command { id, kind }: Command) -> Result<(), CommandError> {
         let unavailable = |e: &dyn std::fmt::Display| {
-            CommandError::new(id, ErrorCode::Unavailable, e.to_string())
+            CommandError::new(id, ErrorCode::Unavailable, format!("room: {e}"))
         };
         match kind {
             CommandKind::Join { room, since } => {

@@ -29,6 +29,10 @@ pub use switchboard_protocol::ConnId;
 pub enum RouterError {
     #[error("the room supervisor is not running")]
     SupervisorGone,
-    #[error("could not start room {room}: {reason}")]
+    #[error("could not start {room}: {reason}")]
     Spawn { room: String, reason: String },
+    #[error("room {room} is not reachable: {reason}")]
+    Unreachable { room: String, reason: String },
+    #[error("room {0} did not answer in time")]
+    Timeout(String),
 }

@@ -83,9 +83,9 @@ impl Rooms {
                 }
             }
         }
-        Err(RouterError::Spawn {
+        Err(RouterError::Unreachable {
             room: room.to_owned(),
-            reason: "room kept retiring".into(),
+            reason: "it kept retiring".into(),
         })
     }
 
@@ -126,7 +126,7 @@ impl Rooms {
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or(RouterError::SupervisorGone)
+            .ok_or_else(|| RouterError::Timeout(room.to_owned()))
     }
 
     /// Every running room re-checks its home.
