@@ -9,6 +9,13 @@ use switchboard_config::Settings;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// Per-connection state is freed in bursts (a Session actor passivates, a
+// room retires); jemalloc, configured in .cargo/config.toml, gives that
+// memory back to the OS where glibc's arenas keep it (22 -> 11.5 KiB per
+// idle connection in the density benchmark).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Switchboard: a WebSocket connection gateway cluster.
 #[derive(Parser)]
 #[command(version, about)]
