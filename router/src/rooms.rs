@@ -66,14 +66,20 @@ impl Rooms {
     /// retires while the message is on its way hands it to its successor, so
     /// nothing sent here is lost to a retirement.
     pub async fn cast(&self, room: &str, mut msg: RoomMsg) -> Result<(), RouterError> {
+        let mut fresh = false;
         for _ in 0..RETRIES {
-            let actor = self.open(room).await?;
+            let actor = if fresh {
+                self.ask_supervisor(room).await?
+            } else {
+                self.open(room).await?
+            };
             match actor.cast(msg) {
                 Ok(()) => return Ok(()),
+                // Retired or failed: the supervisor knows which, and hands
+                // out the successor (a restarted room keeps its state).
                 Err(MessagingErr::SendErr(back)) => {
-                    let id = actor.get_id();
-                    self.map.remove_if(room, |_, r| r.get_id() == id);
                     msg = back;
+                    fresh = true;
                 }
                 Err(e) => {
                     return Err(RouterError::Spawn {
@@ -101,6 +107,10 @@ impl Rooms {
         if let Some(actor) = self.map.get(room) {
             return Ok(actor.clone());
         }
+        self.ask_supervisor(room).await
+    }
+
+    async fn ask_supervisor(&self, room: &str) -> Result<ActorRef<RoomMsg>, RouterError> {
         let name: Arc<str> = room.into();
         match self
             .supervisor

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use ractor::ActorStatus;
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
@@ -96,6 +97,18 @@ impl RoomSupervisor {
     }
 }
 
+impl RoomSupervisor {
+    async fn new_room(
+        myself: &ActorRef<RoomSupervisorMsg>,
+        state: &mut RoomSupervisorState,
+        room: Arc<str>,
+    ) -> Result<ActorRef<RoomMsg>, RouterError> {
+        let s = &state.ctx.settings;
+        let core = RoomCore::new(room, s.history_size, s.history_ttl);
+        Self::spawn_room(myself, state, Arc::new(Mutex::new(core))).await
+    }
+}
+
 type Args = (
     Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
     RoomSupervisorArgs,
@@ -134,12 +147,22 @@ impl Actor for RoomSupervisor {
             RoomSupervisorMsg::Open { room, reply } => {
                 let existing = state.ctx.map.get(&room).map(|r| r.clone());
                 let result = match existing {
-                    Some(r) => Ok(r),
-                    None => {
-                        let s = &state.ctx.settings;
-                        let core = RoomCore::new(room, s.history_size, s.history_ttl);
-                        Self::spawn_room(&myself, state, Arc::new(Mutex::new(core))).await
-                    }
+                    Some(r) if r.get_status() == ActorStatus::Running => Ok(r),
+                    // A room that failed, whose failure is not handled yet:
+                    // restart it now, with its state, rather than start a
+                    // stranger under its name.
+                    Some(dead) => match state.cores.remove(&dead.get_id()) {
+                        Some(core) => {
+                            tracing::error!(room = %room, "room failed; restarting it");
+                            state.ctx.map.remove(&room);
+                            Self::spawn_room(&myself, state, core).await
+                        }
+                        None => {
+                            state.ctx.map.remove(&room);
+                            Self::new_room(&myself, state, room).await
+                        }
+                    },
+                    None => Self::new_room(&myself, state, room).await,
                 };
                 let _ = reply.send(result);
             }
