@@ -1,29 +1,26 @@
-//! One WebSocket connection's I/O: a reader that hands client messages to
-//! the Session, and a writer that drains the outbound queue, coalescing
-//! everything queued into one binary message per write.
+//! One WebSocket connection's I/O, in one task: it reads frames (holding no
+//! buffer while the client is quiet), hands client messages to the Session,
+//! and drains the outbound queue, coalescing everything queued into one
+//! binary message per write. Writes never wait on reads or the other way
+//! round: a socket that will not take more bytes only stalls its own queue,
+//! which then overflows into a slow-consumer close.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{
-    FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError, WebSocketWrite,
-};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use switchboard_protocol::{event, CloseCode, ConnId, ErrorCode, EventSink};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
+use crate::frames::{
+    write_frame, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG,
+};
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
 use crate::session::{Conn, CLOSE_GRACE};
-
-type ReadStream = Prefixed<OwnedReadHalf>;
-type WriteStream = OwnedWriteHalf;
 
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
@@ -35,9 +32,9 @@ pub async fn serve(
     id: ConnId,
     identity: Identity,
 ) {
-    let (read, write) = match upgrade.await {
+    let (stream, prefix) = match upgrade.await {
         Ok(ws) => match into_tcp(ws.into_inner().into_inner()) {
-            Some(halves) => halves,
+            Some(parts) => parts,
             None => {
                 tracing::warn!(conn = %id, "upgraded connection is not TCP");
                 return;
@@ -49,12 +46,6 @@ pub async fn serve(
         }
     };
     let limits = &node.settings.limits;
-    let (mut rd, wr) =
-        fastwebsockets::after_handshake_split(read, write, fastwebsockets::Role::Server);
-    // A message exactly at the limit is accepted; one byte more is not.
-    rd.set_max_message_size(limits.max_frame_bytes + 1);
-    let rd = FragmentCollectorRead::new(rd);
-
     let out = Arc::new(Outbound::new(limits.outbound_queue));
     let user: Arc<str> = identity.user.unwrap_or_else(|| format!("anon-{id}")).into();
     let conn = Arc::new(Conn::new(
@@ -78,15 +69,26 @@ pub async fn serve(
     ));
     tracing::debug!(conn = %id, user = %user, "connected");
 
-    let writer = tokio::spawn(write_loop(wr, out.clone(), hb.interval()));
-    // Runs the cleanup even if the reader panics.
+    let mut reader = FrameReader::new(limits.max_frame_bytes);
+    if let Some(bytes) = prefix {
+        reader.push(&bytes);
+    }
+    // Runs the cleanup even if this task panics.
     let guard = Finish {
         conn: conn.clone(),
         node: node.clone(),
     };
-    read_loop(rd, &conn, limits.max_frame_bytes).await;
+    run(&stream, &mut reader, &conn, hb.interval()).await;
     drop(guard);
-    let _ = writer.await;
+}
+
+/// Takes the TCP socket back from hyper once the upgrade is done, so that
+/// no HTTP buffers or boxed I/O stay behind for the life of the connection;
+/// bytes hyper had already read are returned to be parsed first.
+fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Option<Bytes>)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let prefix = (!parts.read_buf.is_empty()).then_some(parts.read_buf);
+    Some((parts.io.into_inner(), prefix))
 }
 
 /// Leaves rooms and presence and updates the metrics when a connection ends.
@@ -98,8 +100,6 @@ struct Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let out = &self.conn.out;
-        // A reader that ends without a close (the socket went away) still
-        // has to stop the writer.
         let reason = match out.closing_reason() {
             Some(Closing::Server(code, _)) => code.label(),
             Some(Closing::Echo(_)) => "client_close",
@@ -116,190 +116,198 @@ impl Drop for Finish {
     }
 }
 
-async fn read_loop(mut rd: FragmentCollectorRead<ReadStream>, conn: &Arc<Conn>, max_frame: usize) {
-    let out = conn.out.clone();
-    // Frames the protocol obliges us to send (pong, close echo) go through
-    // the outbound queue so that only the writer writes.
-    let obligated = {
-        let out = out.clone();
-        move |frame: Frame<'_>| {
-            let payload = Bytes::from(Vec::from(frame.payload));
-            match frame.opcode {
-                OpCode::Pong => out.push_pong(payload),
-                OpCode::Close => out.close_echo(payload),
-                _ => {}
-            }
-            std::future::ready(Ok::<(), Infallible>(()))
-        }
-    };
-    let mut obligated = obligated;
+/// What the connection is writing.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    written: usize,
+    /// The close frame is in `bytes`: once they are out, the connection ends.
+    closing: bool,
+}
+
+async fn run(stream: &TcpStream, reader: &mut FrameReader, conn: &Arc<Conn>, heartbeat: Duration) {
+    let out = &conn.out;
+    let mut pending = Pending::default();
+    let mut reading = true;
+    let mut give_up: Option<tokio::time::Instant> = None;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bytes hyper had read already.
+    if !handle_messages(reader, conn, &mut pending).await {
+        reading = false;
+    }
     loop {
-        let frame = tokio::select! {
+        if pending.closing && pending.written == pending.bytes.len() {
+            return;
+        }
+        let idle_writer = pending.bytes.is_empty();
+        tokio::select! {
             biased;
-            () = out.closing() => return,
-            frame = rd.read_frame(&mut obligated) => frame,
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                match e {
-                    WebSocketError::FrameTooLarge => {
-                        out.close(CloseCode::TooBig, "message too big")
-                    }
-                    WebSocketError::IoError(_)
-                    | WebSocketError::UnexpectedEOF
-                    | WebSocketError::ConnectionClosed => {}
-                    _ => out.close(CloseCode::ProtocolError, "protocol error"),
-                }
-                return;
-            }
-        };
-        out.touch();
-        match frame.opcode {
-            OpCode::Binary => {
-                let payload = match frame.payload {
-                    Payload::Bytes(b) => b.freeze(),
-                    other => Bytes::from(Vec::from(other)),
-                };
-                // Fragments are collected first, so the whole message is
-                // checked here too.
-                if payload.len() > max_frame {
-                    out.close(CloseCode::TooBig, "message too big");
+            ready = stream.readable(), if reading => {
+                if ready.is_err() {
                     return;
                 }
-                conn.deliver(payload).await;
+                match read_available(stream, reader, out) {
+                    Ok(true) => {}
+                    // End of stream or a broken socket: the client is gone.
+                    Ok(false) | Err(()) => return,
+                }
+                if !handle_messages(reader, conn, &mut pending).await {
+                    reading = false;
+                }
             }
-            OpCode::Text => {
+            batch = out.next_batch(), if idle_writer && !pending.closing => {
+                encode(batch, &mut pending);
+                if pending.closing {
+                    give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+            }
+            ready = stream.writable(), if !idle_writer => {
+                if ready.is_err() || write_available(stream, &mut pending).is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick(), if !pending.closing => {
+                write_frame(&mut pending.bytes, OP_PING, &[]);
+            }
+            // Closing while a write is stuck: give the socket a moment.
+            () = out.closing(), if give_up.is_none() && !idle_writer => {
+                give_up = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            () = sleep_until(give_up), if give_up.is_some() => return,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Reads everything the socket has; `Ok(false)` at end of stream.
+fn read_available(
+    stream: &TcpStream,
+    reader: &mut FrameReader,
+    out: &Outbound,
+) -> Result<bool, ()> {
+    loop {
+        match reader.read_from(stream) {
+            Ok(0) => return Ok(false),
+            Ok(_) => out.touch(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// Handles every complete message read so far; `false` once reading must
+/// stop (the connection is closing).
+async fn handle_messages(
+    reader: &mut FrameReader,
+    conn: &Arc<Conn>,
+    pending: &mut Pending,
+) -> bool {
+    let out = &conn.out;
+    loop {
+        match reader.next() {
+            Ok(None) => return true,
+            Ok(Some(Incoming::Binary(payload))) => conn.deliver(payload).await,
+            Ok(Some(Incoming::Ping(payload))) => {
+                if !pending.closing {
+                    write_frame(&mut pending.bytes, OP_PONG, &payload);
+                }
+            }
+            Ok(Some(Incoming::Pong)) => {}
+            Ok(Some(Incoming::Text)) => {
                 out.push(event::err(
                     0,
                     ErrorCode::BadRequest,
                     "message: text frames are not supported; send binary MessagePack",
                 ));
                 out.close(CloseCode::UnsupportedData, "text frames are not supported");
-                return;
+                return false;
             }
-            OpCode::Close => return,
-            _ => {}
+            Ok(Some(Incoming::Close(payload))) => {
+                out.close_echo(payload);
+                return false;
+            }
+            Err(FrameError::TooBig) => {
+                out.close(CloseCode::TooBig, "message too big");
+                return false;
+            }
+            Err(e @ (FrameError::Protocol(_) | FrameError::InvalidUtf8)) => {
+                tracing::debug!(conn = %conn.id, error = %e, "websocket protocol error");
+                out.close(CloseCode::ProtocolError, "protocol error");
+                return false;
+            }
         }
     }
 }
 
-async fn write_loop(mut wr: WebSocketWrite<WriteStream>, out: Arc<Outbound>, heartbeat: Duration) {
-    let start = tokio::time::Instant::now() + heartbeat;
-    let mut ping = tokio::time::interval_at(start, heartbeat);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let batch = tokio::select! {
-            batch = out.next_batch() => batch,
-            _ = ping.tick() => {
-                if write(&mut wr, &out, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        if write_batch(&mut wr, &out, batch).await.is_err() {
-            break;
-        }
-    }
-    // The socket is done for (written to the end, or broken): make sure the
-    // reader stops too.
-    out.close(CloseCode::Normal, "");
-}
-
-/// Writes one batch; `Err` once the connection is finished.
-async fn write_batch(
-    wr: &mut WebSocketWrite<WriteStream>,
-    out: &Outbound,
-    batch: Batch,
-) -> Result<(), ()> {
-    for pong in batch.pongs {
-        write(wr, out, Frame::pong(Payload::Owned(pong.to_vec()))).await?;
-    }
+/// Appends a batch: queued events as few binary messages, then the close.
+fn encode(batch: Batch, pending: &mut Pending) {
     if !batch.events.is_empty() {
         let latency = metrics::histogram!("switchboard_publish_to_delivery_seconds");
-        let mut events = batch.events.iter().peekable();
-        while events.peek().is_some() {
-            let mut buf = Vec::new();
-            while let Some((ev, _)) = events.peek() {
-                if !buf.is_empty() && buf.len() + ev.len() > COALESCE_BYTES {
-                    break;
-                }
-                buf.extend_from_slice(ev);
-                events.next();
-            }
-            write(wr, out, Frame::binary(Payload::Owned(buf))).await?;
-        }
         let now = Instant::now();
-        for published in batch.events.iter().filter_map(|(_, p)| *p) {
-            latency.record(now.saturating_duration_since(published).as_secs_f64());
-        }
-    }
-    match batch.closing {
-        None => Ok(()),
-        Some(closing) => {
-            let frame = match &closing {
-                Closing::Server(code, reason) => Frame::close(code.code(), reason.as_bytes()),
-                Closing::Echo(payload) => Frame::close_raw(Payload::Owned(payload.to_vec())),
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, wr.write_frame(frame)).await;
-            Err(())
-        }
-    }
-}
-
-/// Writes a frame, giving up shortly after the connection starts closing
-/// if the socket will not take it (a client that stopped reading).
-async fn write(
-    wr: &mut WebSocketWrite<WriteStream>,
-    out: &Outbound,
-    frame: Frame<'_>,
-) -> Result<(), ()> {
-    tokio::select! {
-        r = wr.write_frame(frame) => r.map_err(|_| ()),
-        () = async {
-            out.closing().await;
-            tokio::time::sleep(CLOSE_GRACE).await;
-        } => Err(()),
-    }
-}
-
-/// Takes the TCP socket back from hyper once the upgrade is done, so that
-/// no HTTP buffers or boxed I/O stay behind for the life of the connection;
-/// bytes hyper had already read go first.
-fn into_tcp(upgraded: Upgraded) -> Option<(ReadStream, WriteStream)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    let (read, write) = parts.io.into_inner().into_split();
-    let prefix = (!parts.read_buf.is_empty()).then_some(parts.read_buf);
-    Some((
-        Prefixed {
-            prefix,
-            inner: read,
-        },
-        write,
-    ))
-}
-
-/// A reader that yields `prefix` before reading from `inner`.
-pub struct Prefixed<R> {
-    prefix: Option<Bytes>,
-    inner: R,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if let Some(prefix) = &mut self.prefix {
-            let n = prefix.len().min(buf.remaining());
-            buf.put_slice(&prefix.split_to(n));
-            if prefix.is_empty() {
-                self.prefix = None;
+        let mut chunk_start = 0;
+        while chunk_start < batch.events.len() {
+            let mut len = 0;
+            let mut end = chunk_start;
+            while end < batch.events.len()
+                && (end == chunk_start || len + batch.events[end].0.len() <= COALESCE_BYTES)
+            {
+                len += batch.events[end].0.len();
+                end += 1;
             }
-            return std::task::Poll::Ready(Ok(()));
+            frame_header(&mut pending.bytes, OP_BINARY, len);
+            for (ev, published) in &batch.events[chunk_start..end] {
+                pending.bytes.extend_from_slice(ev);
+                if let Some(at) = published {
+                    latency.record(now.saturating_duration_since(*at).as_secs_f64());
+                }
+            }
+            chunk_start = end;
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
+    if let Some(closing) = batch.closing {
+        match closing {
+            Closing::Server(code, reason) => {
+                let mut payload = code.code().to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                write_frame(&mut pending.bytes, OP_CLOSE, &payload);
+            }
+            Closing::Echo(payload) => write_frame(&mut pending.bytes, OP_CLOSE, &payload),
+        }
+        pending.closing = true;
+    }
+}
+
+fn frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= 0xffff {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Writes what the socket takes; the buffer is freed once all is out.
+fn write_available(stream: &TcpStream, pending: &mut Pending) -> Result<(), ()> {
+    while pending.written < pending.bytes.len() {
+        match stream.try_write(&pending.bytes[pending.written..]) {
+            Ok(n) => pending.written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(()),
+        }
+    }
+    if !pending.closing {
+        pending.bytes = Vec::new();
+        pending.written = 0;
+    }
+    Ok(())
 }

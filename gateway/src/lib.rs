@@ -17,6 +17,7 @@
 
 mod auth;
 mod connection;
+mod frames;
 mod http;
 mod metrics;
 mod node;

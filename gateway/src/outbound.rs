@@ -24,15 +24,12 @@ pub enum Closing {
 #[derive(Default)]
 pub struct Batch {
     pub events: Vec<(Bytes, Option<Instant>)>,
-    /// Pong payloads owed to the client's pings.
-    pub pongs: Vec<Bytes>,
     pub closing: Option<Closing>,
 }
 
 #[derive(Default)]
 struct Queue {
     events: VecDeque<(Bytes, Option<Instant>)>,
-    pongs: Vec<Bytes>,
     closing: Option<Closing>,
 }
 
@@ -72,16 +69,6 @@ impl Outbound {
     pub fn touch(&self) {
         let ms = epoch().elapsed().as_millis() as u64;
         self.last_seen_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Queues a pong for the client's ping.
-    pub fn push_pong(&self, payload: Bytes) {
-        let mut q = self.queue.lock();
-        if q.closing.is_none() {
-            q.pongs.push(payload);
-            drop(q);
-            self.ready.notify_one();
-        }
     }
 
     /// Starts closing with the client's own close payload echoed.
@@ -130,10 +117,9 @@ impl Outbound {
         loop {
             {
                 let mut q = self.queue.lock();
-                if !q.events.is_empty() || !q.pongs.is_empty() || q.closing.is_some() {
+                if !q.events.is_empty() || q.closing.is_some() {
                     return Batch {
                         events: q.events.drain(..).collect(),
-                        pongs: std::mem::take(&mut q.pongs),
                         closing: q.closing.clone(),
                     };
                 }
@@ -207,10 +193,8 @@ mod tests {
         for i in 0..5u8 {
             out.push(Bytes::from(vec![i]));
         }
-        out.push_pong(Bytes::from_static(b"p"));
         let batch = out.next_batch().await;
         assert_eq!(batch.events.len(), 5);
-        assert_eq!(batch.pongs.len(), 1);
         assert!(batch.closing.is_none());
     }
 }

@@ -1,0 +1,298 @@
+//! WebSocket frames, server side, without I/O: [`FrameReader`] turns bytes
+//! read from a client into messages; [`write_frame`] appends a frame.
+//!
+//! Written here rather than taken from fastwebsockets' reader because that
+//! one keeps an 8 KiB buffer per connection for its whole life; this one
+//! holds bytes only while a frame is incomplete, so an idle connection
+//! costs nothing here.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// A complete message (or control frame) from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Binary(Bytes),
+    Text,
+    Ping(Bytes),
+    Pong,
+    /// The close frame's payload (code and reason), already validated.
+    Close(Bytes),
+}
+
+/// Why the connection must close.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("message too big")]
+    TooBig,
+    #[error("invalid UTF-8 in a close reason")]
+    InvalidUtf8,
+}
+
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// Reassembles client frames into messages.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: BytesMut,
+    max_message: usize,
+    /// A fragmented message in progress: its opcode and what has come.
+    fragments: Option<(u8, BytesMut)>,
+}
+
+impl FrameReader {
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_message,
+            fragments: None,
+        }
+    }
+
+    /// Adds bytes read from the socket.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Reads what the socket has, without waiting; `Ok(0)` is end of stream.
+    /// The buffer is allocated here, for the read, and given back by
+    /// [`next`](Self::next) once it is consumed.
+    pub fn read_from(&mut self, stream: &tokio::net::TcpStream) -> std::io::Result<usize> {
+        self.buf.reserve(4096);
+        stream.try_read_buf(&mut self.buf)
+    }
+
+    /// The next complete message, if the bytes pushed so far hold one.
+    pub fn next(&mut self) -> Result<Option<Incoming>, FrameError> {
+        loop {
+            let Some((fin, opcode, payload)) = self.frame()? else {
+                if self.buf.is_empty() && self.buf.capacity() > 0 {
+                    // Nothing pending: hold no memory while idle.
+                    self.buf = BytesMut::new();
+                }
+                return Ok(None);
+            };
+            match opcode {
+                CLOSE => return Ok(Some(Incoming::Close(check_close(payload)?))),
+                PING => return Ok(Some(Incoming::Ping(payload.freeze()))),
+                PONG => return Ok(Some(Incoming::Pong)),
+                CONTINUATION => {
+                    let Some((_, so_far)) = &mut self.fragments else {
+                        return Err(FrameError::Protocol("continuation without a message"));
+                    };
+                    if so_far.len() + payload.len() > self.max_message {
+                        return Err(FrameError::TooBig);
+                    }
+                    so_far.extend_from_slice(&payload);
+                    if fin {
+                        if let Some((op, all)) = self.fragments.take() {
+                            return Ok(Some(message(op, all)));
+                        }
+                    }
+                }
+                TEXT | BINARY => {
+                    if self.fragments.is_some() {
+                        return Err(FrameError::Protocol("new message inside a fragmented one"));
+                    }
+                    if fin {
+                        return Ok(Some(message(opcode, payload)));
+                    }
+                    self.fragments = Some((opcode, payload));
+                }
+                _ => return Err(FrameError::Protocol("unknown opcode")),
+            }
+        }
+    }
+
+    /// One whole frame off the buffer: (fin, opcode, unmasked payload).
+    fn frame(&mut self) -> Result<Option<(bool, u8, BytesMut)>, FrameError> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
+        if rsv != 0 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        if b[1] & 0x80 == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() < 4 => return Ok(None),
+            126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() < 10 => return Ok(None),
+            127 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(n), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        let control = opcode >= 0x8;
+        if control && (!fin || len > 125) {
+            return Err(FrameError::Protocol(
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        if len > self.max_message as u64 {
+            return Err(FrameError::TooBig);
+        }
+        let total = header + 4 + len as usize;
+        if b.len() < total {
+            self.buf.reserve(total - b.len());
+            return Ok(None);
+        }
+        let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
+        self.buf.advance(header + 4);
+        let mut payload = self.buf.split_to(len as usize);
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Some((fin, opcode, payload)))
+    }
+}
+
+fn message(opcode: u8, payload: BytesMut) -> Incoming {
+    if opcode == TEXT {
+        Incoming::Text
+    } else {
+        Incoming::Binary(payload.freeze())
+    }
+}
+
+fn check_close(payload: BytesMut) -> Result<Bytes, FrameError> {
+    match payload.len() {
+        0 => Ok(payload.freeze()),
+        1 => Err(FrameError::Protocol("close frame of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !allowed {
+                return Err(FrameError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
+            Ok(payload.freeze())
+        }
+    }
+}
+
+/// Appends one unmasked server frame.
+pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.put_u8(0x80 | opcode);
+    let n = payload.len();
+    if n < 126 {
+        out.put_u8(n as u8);
+    } else if n <= 0xffff {
+        out.put_u8(126);
+        out.put_u16(n as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(n as u64);
+    }
+    out.extend_from_slice(payload);
+}
+
+pub const OP_BINARY: u8 = BINARY;
+pub const OP_CLOSE: u8 = CLOSE;
+pub const OP_PING: u8 = PING;
+pub const OP_PONG: u8 = PONG;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let n = payload.len();
+        if n < 126 {
+            f.push(0x80 | n as u8);
+        } else if n <= 0xffff {
+            f.push(0x80 | 126);
+            f.extend((n as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend((n as u64).to_be_bytes());
+        }
+        f.extend(mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        f
+    }
+
+    #[test]
+    fn byte_by_byte_and_fragments_with_a_ping_between() {
+        let mut wire = client_frame(false, BINARY, b"hel");
+        wire.extend(client_frame(true, PING, b"p"));
+        wire.extend(client_frame(true, CONTINUATION, b"lo"));
+        wire.extend(client_frame(true, BINARY, &vec![7u8; 70_000]));
+        let mut r = FrameReader::new(100_000);
+        let mut got = Vec::new();
+        for b in wire {
+            r.push(&[b]);
+            while let Some(m) = r.next().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Incoming::Ping(Bytes::from_static(b"p")));
+        assert_eq!(got[1], Incoming::Binary(Bytes::from_static(b"hello")));
+        assert!(matches!(&got[2], Incoming::Binary(b) if b.len() == 70_000));
+        assert_eq!(r.buf.capacity(), 0, "an idle reader holds no buffer");
+    }
+
+    #[test]
+    fn limits_and_protocol_errors() {
+        let mut r = FrameReader::new(10);
+        r.push(&client_frame(true, BINARY, &[0; 10]));
+        assert!(matches!(r.next(), Ok(Some(Incoming::Binary(_)))));
+        r.push(&client_frame(true, BINARY, &[0; 11]));
+        assert_eq!(r.next(), Err(FrameError::TooBig));
+
+        let mut r = FrameReader::new(10);
+        r.push(&client_frame(false, BINARY, &[0; 6]));
+        r.push(&client_frame(true, CONTINUATION, &[0; 6]));
+        assert_eq!(r.next(), Err(FrameError::TooBig));
+
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0xC2, 0x80, 0, 0, 0, 0],             // RSV1
+            vec![0x82, 0x00],                         // unmasked
+            client_frame(false, PING, b""),           // fragmented control
+            client_frame(true, 0x3, b""),             // reserved opcode
+            client_frame(true, CONTINUATION, b"x"),   // nothing to continue
+            client_frame(true, CLOSE, &[0x03]),       // one-byte close
+            client_frame(true, CLOSE, &[0x03, 0xed]), // 1005 is not sendable
+        ];
+        for wire in cases {
+            let mut r = FrameReader::new(100);
+            r.push(&wire);
+            assert!(matches!(r.next(), Err(FrameError::Protocol(_))), "{wire:?}");
+        }
+        let mut r = FrameReader::new(100);
+        r.push(&client_frame(true, CLOSE, &[0x03, 0xe8, 0xff]));
+        assert_eq!(r.next(), Err(FrameError::InvalidUtf8));
+        let mut r = FrameReader::new(100);
+        r.push(&client_frame(true, CLOSE, &[0x03, 0xe8, b'o', b'k']));
+        assert_eq!(
+            r.next(),
+            Ok(Some(Incoming::Close(Bytes::from_static(&[
+                0x03, 0xe8, b'o', b'k'
+            ]))))
+        );
+    }
+
+    #[test]
+    fn server_frames() {
+        let mut out = Vec::new();
+        write_frame(&mut out, OP_BINARY, b"abc");
+        write_frame(&mut out, OP_BINARY, &[0; 300]);
+        assert_eq!(&out[..5], &[0x82, 3, b'a', b'b', b'c']);
+        assert_eq!(&out[5..9], &[0x82, 126, 1, 44]);
+        assert_eq!(out.len(), 5 + 4 + 300);
+    }
+}
