@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, MessagingErr};
+use ractor::{ActorRef, ActorStatus, MessagingErr};
 
 use crate::cluster::wire::{SinceWire, Wire};
 use crate::cluster::Cluster;
@@ -68,11 +68,16 @@ impl Rooms {
     pub async fn cast(&self, room: &str, mut msg: RoomMsg) -> Result<(), RouterError> {
         let mut fresh = false;
         for _ in 0..RETRIES {
-            let actor = if fresh {
+            let mut actor = if fresh {
                 self.ask_supervisor(room).await?
             } else {
                 self.open(room).await?
             };
+            // A room that just failed may still take messages it will never
+            // handle: go to the supervisor, which restarts it with its state.
+            if actor.get_status() != ActorStatus::Running {
+                actor = self.ask_supervisor(room).await?;
+            }
             match actor.cast(msg) {
                 Ok(()) => return Ok(()),
                 // Retired or failed: the supervisor knows which, and hands

@@ -148,6 +148,11 @@ impl Actor for RoomSupervisor {
                 let existing = state.ctx.map.get(&room).map(|r| r.clone());
                 let result = match existing {
                     Some(r) if r.get_status() == ActorStatus::Running => Ok(r),
+                    // Retiring: its successor starts afresh.
+                    Some(r) if r.get_status() == ActorStatus::Draining => {
+                        state.ctx.map.remove(&room);
+                        Self::new_room(&myself, state, room).await
+                    }
                     // A room that failed, whose failure is not handled yet:
                     // restart it now, with its state, rather than start a
                     // stranger under its name.
