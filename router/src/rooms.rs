@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{ActorRef, ActorStatus, MessagingErr};
+use ractor::{ActorRef, MessagingErr};
 
 use crate::cluster::wire::{SinceWire, Wire};
 use crate::cluster::Cluster;
@@ -75,7 +75,7 @@ impl Rooms {
             };
             // A room that just failed may still take messages it will never
             // handle: go to the supervisor, which restarts it with its state.
-            if actor.get_status() != ActorStatus::Running {
+            if !ractor::ACTIVE_STATES.contains(&actor.get_status()) {
                 actor = self.ask_supervisor(room).await?;
             }
             match actor.cast(msg) {

@@ -147,7 +147,8 @@ impl Actor for RoomSupervisor {
             RoomSupervisorMsg::Open { room, reply } => {
                 let existing = state.ctx.map.get(&room).map(|r| r.clone());
                 let result = match existing {
-                    Some(r) if r.get_status() == ActorStatus::Running => Ok(r),
+                    // Alive (starting, as just spawned, counts).
+                    Some(r) if ractor::ACTIVE_STATES.contains(&r.get_status()) => Ok(r),
                     // Retiring: its successor starts afresh.
                     Some(r) if r.get_status() == ActorStatus::Draining => {
                         state.ctx.map.remove(&room);
