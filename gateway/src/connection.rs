@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::frames::{
-    write_frame, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG,
+    write_frame, write_header, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING,
+    OP_PONG,
 };
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
@@ -260,7 +261,7 @@ fn encode(batch: Batch, pending: &mut Pending) {
                 len += batch.events[end].0.len();
                 end += 1;
             }
-            frame_header(&mut pending.bytes, OP_BINARY, len);
+            write_header(&mut pending.bytes, OP_BINARY, len);
             for (ev, published) in &batch.events[chunk_start..end] {
                 pending.bytes.extend_from_slice(ev);
                 if let Some(at) = published {
@@ -280,19 +281,6 @@ fn encode(batch: Batch, pending: &mut Pending) {
             Closing::Echo(payload) => write_frame(&mut pending.bytes, OP_CLOSE, &payload),
         }
         pending.closing = true;
-    }
-}
-
-fn frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if len <= 0xffff {
-        out.push(126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
 }
 

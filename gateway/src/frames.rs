@@ -184,18 +184,22 @@ fn check_close(payload: BytesMut) -> Result<Bytes, FrameError> {
 
 /// Appends one unmasked server frame.
 pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    write_header(out, opcode, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends the header of an unmasked, final server frame of `len` bytes.
+pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     out.put_u8(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        out.put_u8(n as u8);
-    } else if n <= 0xffff {
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= 0xffff {
         out.put_u8(126);
-        out.put_u16(n as u16);
+        out.put_u16(len as u16);
     } else {
         out.put_u8(127);
-        out.put_u64(n as u64);
+        out.put_u64(len as u64);
     }
-    out.extend_from_slice(payload);
 }
 
 pub const OP_BINARY: u8 = BINARY;

@@ -374,26 +374,16 @@ async fn cluster_with_proxied_link(env: &[(&str, &str)]) -> (Vec<Server>, FaultP
     let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     let to_n2 = FaultProxy::start(ports[1]).await;
     let to_n1 = FaultProxy::start(ports[0]).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let name = format!("n{}", i + 1);
-        let listen = format!("127.0.0.1:{}", ports[i]);
-        let seeds = match i {
-            0 => format!("127.0.0.1:{},127.0.0.1:{}", to_n2.port, ports[2]),
-            1 => format!("127.0.0.1:{},127.0.0.1:{}", to_n1.port, ports[2]),
-            _ => format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]),
-        };
-        let mut e: Vec<(&str, &str)> = vec![
-            ("SWITCHBOARD__NODE__NAME", &name),
-            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
-            ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
-        ];
-        e.extend_from_slice(env);
-        nodes.push(Server::start(&e));
-    }
-    for n in &nodes {
-        n.wait_nodes(3, Duration::from_secs(20)).await;
-    }
+    let (p1, p2) = (to_n1.port, to_n2.port);
+    let nodes = common::cluster_on(&ports, env, |i, ports| match i {
+        0 => vec![format!("127.0.0.1:{p2}"), format!("127.0.0.1:{}", ports[2])],
+        1 => vec![format!("127.0.0.1:{p1}"), format!("127.0.0.1:{}", ports[2])],
+        _ => vec![
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        ],
+    })
+    .await;
     (nodes, to_n1, to_n2)
 }
 

@@ -240,11 +240,23 @@ pub async fn cluster_with(
     seeds_for: impl Fn(usize, &[u16]) -> Vec<String>,
 ) -> (Vec<Server>, Vec<u16>) {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let nodes = cluster_on(&ports, env, seeds_for).await;
+    (nodes, ports)
+}
+
+/// Starts one node per cluster port in `ports` and waits until all see
+/// each other.
+pub async fn cluster_on(
+    ports: &[u16],
+    env: &[(&str, &str)],
+    seeds_for: impl Fn(usize, &[u16]) -> Vec<String>,
+) -> Vec<Server> {
+    let n = ports.len();
     let mut nodes = Vec::new();
     for i in 0..n {
         let name = format!("n{}", i + 1);
         let listen = format!("127.0.0.1:{}", ports[i]);
-        let seeds = seeds_for(i, &ports).join(",");
+        let seeds = seeds_for(i, ports).join(",");
         let mut e: Vec<(&str, &str)> = vec![
             ("SWITCHBOARD__NODE__NAME", &name),
             ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
@@ -256,7 +268,7 @@ pub async fn cluster_with(
     for node in &nodes {
         node.wait_nodes(n, Duration::from_secs(20)).await;
     }
-    (nodes, ports)
+    nodes
 }
 
 /// Three nodes seeded with each other.
