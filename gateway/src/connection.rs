@@ -162,6 +162,11 @@ async fn run(stream: &TcpStream, reader: &mut FrameReader, conn: &Arc<Conn>, hea
                 if pending.closing {
                     give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
+                // Usually the socket takes it all at once: no need to wait
+                // for writability first.
+                if write_available(stream, &mut pending).is_err() {
+                    return;
+                }
             }
             ready = stream.writable(), if !idle_writer => {
                 if ready.is_err() || write_available(stream, &mut pending).is_err() {
