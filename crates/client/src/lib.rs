@@ -278,28 +278,33 @@ impl Client {
 
     /// Publishes `data`; returns the offset.
     pub async fn publish(&mut self, room: &str, data: Value) -> Result<u64, ClientError> {
-        let ev = self
-            .call(vec![
-                ("op", "pub".into()),
-                ("room", room.into()),
-                ("data", Field::Value(data)),
-            ])
-            .await?;
-        ev.u64("offset")
-            .ok_or_else(|| ClientError::Protocol("ok without offset".into()))
+        let fields = vec![
+            ("op", "pub".into()),
+            ("room", room.into()),
+            ("data", Field::Value(data)),
+        ];
+        self.call_for(fields, "offset").await
     }
 
     /// Sends a direct message; returns how many connections got it.
     pub async fn send_to(&mut self, to: &str, data: Value) -> Result<u64, ClientError> {
-        let ev = self
-            .call(vec![
-                ("op", "send".into()),
-                ("to", to.into()),
-                ("data", Field::Value(data)),
-            ])
-            .await?;
-        ev.u64("delivered")
-            .ok_or_else(|| ClientError::Protocol("ok without delivered".into()))
+        let fields = vec![
+            ("op", "send".into()),
+            ("to", to.into()),
+            ("data", Field::Value(data)),
+        ];
+        self.call_for(fields, "delivered").await
+    }
+
+    /// Calls, then reads one unsigned field of the `ok`.
+    async fn call_for(
+        &mut self,
+        fields: Vec<(&str, Field)>,
+        key: &str,
+    ) -> Result<u64, ClientError> {
+        let ev = self.call(fields).await?;
+        ev.u64(key)
+            .ok_or_else(|| ClientError::Protocol(format!("ok without {key}")))
     }
 
     /// The users present in `room`.
