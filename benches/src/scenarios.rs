@@ -443,20 +443,15 @@ async fn fanout(sys: &System, members: usize, pace: Pace) -> Result<serde_json::
         "server_cpu_us_per_delivery".into(),
         json!((cpu1 - cpu0) as f64 / received.max(1) as f64),
     );
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    m.insert("p50_ms".into(), json!(ms(0.5)));
-    m.insert("p99_ms".into(), json!(ms(0.99)));
-    m.insert("p999_ms".into(), json!(ms(0.999)));
+    quantiles(
+        &mut m,
+        "",
+        &hist,
+        &[(0.5, "p50"), (0.99, "p99"), (0.999, "p999")],
+    );
     m.insert("lost".into(), json!(lost));
     m.insert("reordered".into(), json!(reordered));
-    m.insert(
-        "rtt_p50_ms".into(),
-        json!(rtt.value_at_quantile(0.5) as f64 / 1000.0),
-    );
-    m.insert(
-        "rtt_p99_ms".into(),
-        json!(rtt.value_at_quantile(0.99) as f64 / 1000.0),
-    );
+    quantiles(&mut m, "rtt_", &rtt, &[(0.5, "p50"), (0.99, "p99")]);
     Ok(serde_json::Value::Object(m))
 }
 
@@ -471,19 +466,26 @@ async fn rtt(sys: &System, load: &str) -> Result<serde_json::Value> {
     }
     let mut m = row("rtt", sys.name);
     m.insert("load".into(), json!(load));
-    m.insert(
-        "p50_ms".into(),
-        json!(h.value_at_quantile(0.5) as f64 / 1000.0),
-    );
-    m.insert(
-        "p99_ms".into(),
-        json!(h.value_at_quantile(0.99) as f64 / 1000.0),
-    );
-    m.insert(
-        "p999_ms".into(),
-        json!(h.value_at_quantile(0.999) as f64 / 1000.0),
+    quantiles(
+        &mut m,
+        "",
+        &h,
+        &[(0.5, "p50"), (0.99, "p99"), (0.999, "p999")],
     );
     Ok(serde_json::Value::Object(m))
+}
+
+/// Adds `<prefix><name>_ms` for each quantile of a microsecond histogram.
+fn quantiles(
+    m: &mut Map<String, serde_json::Value>,
+    prefix: &str,
+    h: &hdrhistogram::Histogram<u64>,
+    which: &[(f64, &str)],
+) {
+    for (q, name) in which {
+        let ms = h.value_at_quantile(*q) as f64 / 1000.0;
+        m.insert(format!("{prefix}{name}_ms"), json!(ms));
+    }
 }
 
 /// The kernel's floor on this machine, from the C tools in shared/tools.

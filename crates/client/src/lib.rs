@@ -230,21 +230,10 @@ impl Client {
 
     /// Waits for the reply to command `id`, keeping other events.
     pub async fn reply(&mut self, id: u64, timeout: Duration) -> Result<Event, ClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(pos) = self
-                .events
-                .iter()
-                .position(|e| e.u64("id") == Some(id) && matches!(e.op(), "ok" | "err" | "pong"))
-            {
-                return self
-                    .events
-                    .remove(pos)
-                    .ok_or_else(|| ClientError::Protocol("lost reply".into()));
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.read_more(left).await?;
-        }
+        self.take_first(timeout, |e| {
+            e.u64("id") == Some(id) && matches!(e.op(), "ok" | "err" | "pong")
+        })
+        .await
     }
 
     pub async fn join(&mut self, room: &str) -> Result<Event, ClientError> {
@@ -338,13 +327,22 @@ impl Client {
 
     /// The next event with this `op`, skipping and keeping others.
     pub async fn next_op(&mut self, op: &str, timeout: Duration) -> Result<Event, ClientError> {
+        self.take_first(timeout, |e| e.op() == op).await
+    }
+
+    /// The first event, queued or still to come, that `wanted` picks;
+    /// the others stay queued in order.
+    async fn take_first(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(pos) = self.events.iter().position(|e| e.op() == op) {
-                return self
-                    .events
-                    .remove(pos)
-                    .ok_or_else(|| ClientError::Protocol("lost event".into()));
+            if let Some(pos) = self.events.iter().position(&wanted) {
+                if let Some(ev) = self.events.remove(pos) {
+                    return Ok(ev);
+                }
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.read_more(left).await?;
