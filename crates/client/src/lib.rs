@@ -14,18 +14,18 @@
 //! meanwhile are kept, in order, for [`Client::next_event`].
 
 mod event;
+mod handshake;
+mod prefixed;
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, WebSocketError};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use rmpv::Value;
 use tokio::net::TcpStream;
+
+use prefixed::Prefixed;
 
 pub use event::Event;
 
@@ -84,7 +84,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected client.
 pub struct Client {
-    ws: FragmentCollector<TokioIo<Upgraded>>,
+    ws: FragmentCollector<Prefixed>,
     events: VecDeque<Event>,
     next_id: u64,
     /// The server's `hello`.
@@ -101,72 +101,13 @@ impl std::fmt::Debug for Client {
     }
 }
 
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn(fut);
-    }
-}
-
-fn encode_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl Client {
     /// Connects to `addr` (`host:port`) at `/ws` and reads the `hello`.
     pub async fn connect(addr: &str, opts: ConnectOptions) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(addr).await?;
+        let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let mut query = Vec::new();
-        if let Some(u) = &opts.user {
-            query.push(format!("user={}", encode_query(u)));
-        }
-        if let Some(t) = &opts.token {
-            query.push(format!("token={}", encode_query(t)));
-        }
-        let uri = if query.is_empty() {
-            "/ws".to_owned()
-        } else {
-            format!("/ws?{}", query.join("&"))
-        };
-        let mut req = hyper::Request::builder()
-            .method("GET")
-            .uri(uri)
-            .header("Host", addr)
-            .header("Upgrade", "websocket")
-            .header("Connection", "upgrade")
-            .header(
-                "Sec-WebSocket-Key",
-                fastwebsockets::handshake::generate_key(),
-            )
-            .header("Sec-WebSocket-Version", "13");
-        if opts.subprotocol {
-            req = req.header("Sec-WebSocket-Protocol", switchboard_protocol::SUBPROTOCOL);
-        }
-        if let Some(b) = &opts.bearer {
-            req = req.header("Authorization", format!("Bearer {b}"));
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ClientError::WebSocket(e.to_string()))?;
-        let (ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
-        let subprotocol = resp
-            .headers()
-            .get("Sec-WebSocket-Protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let (subprotocol, rest) = handshake::open(&mut stream, addr, &opts).await?;
+        let ws = WebSocket::after_handshake(Prefixed::new(rest, stream), Role::Client);
         let mut ws = ws;
         // Pongs and close echoes are written by hand so that a write to a
         // socket the server already closed does not hide its close frame.
