@@ -221,6 +221,8 @@ pub struct LimitSettings {
     pub publish_burst: u32,
     /// Rooms one connection may be in at once.
     pub rooms_per_connection: usize,
+    /// Time a client has to send a complete request head after connecting.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for LimitSettings {
@@ -231,7 +233,14 @@ impl Default for LimitSettings {
             publish_per_s: 50,
             publish_burst: 100,
             rooms_per_connection: 100,
+            handshake_timeout_ms: 10_000,
         }
+    }
+}
+
+impl LimitSettings {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
@@ -399,6 +408,10 @@ impl Settings {
             ("limits.publish_per_s", l.publish_per_s as usize),
             ("limits.publish_burst", l.publish_burst as usize),
             ("limits.rooms_per_connection", l.rooms_per_connection),
+            (
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms as usize,
+            ),
         ] {
             if v == 0 {
                 return err(key, "must be at least 1".into());

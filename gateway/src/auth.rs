@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use hyper::header::AUTHORIZATION;
-use hyper::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use switchboard_config::{AuthMode, AuthSettings};
@@ -21,6 +19,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("invalid user id: {0}")]
     BadUser(String),
+    #[error("bad query parameter {0}")]
+    BadQuery(String),
 }
 
 /// The rooms a token allows, from its `rooms` claim.
@@ -71,17 +71,23 @@ impl Authenticator {
         }
     }
 
-    pub fn authenticate(&self, req: &Parts) -> Result<Identity, AuthError> {
+    /// `query` is the request target's query string; `authorization` the
+    /// header's value.
+    pub fn authenticate(
+        &self,
+        query: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         match self.mode {
             AuthMode::None => {
-                let user = query_param(req, "user");
+                let user = query_param(query, "user")?;
                 if let Some(u) = &user {
                     validate_user(u).map_err(|e| AuthError::BadUser(e.to_string()))?;
                 }
                 Ok(Identity { user, grants: None })
             }
             AuthMode::Jwt => {
-                let token = token(req).ok_or(AuthError::MissingToken)?;
+                let token = token(query, authorization)?.ok_or(AuthError::MissingToken)?;
                 let key = self
                     .key
                     .as_ref()
@@ -107,24 +113,32 @@ impl Authenticator {
     }
 }
 
-fn token(req: &Parts) -> Option<String> {
-    if let Some(t) = query_param(req, "token") {
-        return Some(t);
+fn token(query: Option<&str>, authorization: Option<&str>) -> Result<Option<String>, AuthError> {
+    if let Some(t) = query_param(query, "token")? {
+        return Ok(Some(t));
     }
-    let header = req.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = header.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    let bearer = authorization
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    Ok(bearer)
 }
 
 /// The first value of a query parameter, percent-decoded.
-pub fn query_param(req: &Parts, name: &str) -> Option<String> {
-    let query = req.uri.query()?;
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v)).flatten()
-    })
+/// A value that is not UTF-8 once decoded is refused, not ignored: a client
+/// that meant to say who it is must not silently become anonymous.
+fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, AuthError> {
+    let Some(raw) = query.and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }) else {
+        return Ok(None);
+    };
+    percent_decode(raw)
+        .map(Some)
+        .ok_or_else(|| AuthError::BadQuery(format!("{name}: not UTF-8 once percent-decoded")))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -155,20 +169,22 @@ fn percent_decode(s: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn parts(uri: &str) -> Parts {
-        hyper::Request::builder()
-            .uri(uri)
-            .body(())
-            .map(|r| r.into_parts().0)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
     #[test]
     fn query_params_are_decoded() {
-        let p = parts("/ws?user=al%20ice&x=1");
-        assert_eq!(query_param(&p, "user").as_deref(), Some("al ice"));
-        assert_eq!(query_param(&p, "y"), None);
-        assert_eq!(query_param(&parts("/ws?user=%ff"), "user"), None);
+        let q = Some("user=al%20ice&x=1");
+        assert_eq!(
+            query_param(q, "user").ok().flatten().as_deref(),
+            Some("al ice")
+        );
+        assert!(matches!(query_param(q, "y"), Ok(None)));
+        assert!(matches!(
+            query_param(Some("user=%ff"), "user"),
+            Err(AuthError::BadQuery(_))
+        ));
+        assert!(matches!(
+            query_param(Some("user=%f"), "user"),
+            Err(AuthError::BadQuery(_))
+        ));
     }
 
     #[test]

@@ -8,9 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use switchboard_protocol::{event, CloseCode, ConnId, ErrorCode, EventSink};
 use tokio::net::TcpStream;
 
@@ -26,26 +23,17 @@ use crate::session::{Conn, CLOSE_GRACE};
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
 
-/// Serves an upgraded connection until it closes.
+/// Serves an upgraded connection until it closes. `response` is the `101`
+/// (it leaves in one write with the `hello`); `read` holds bytes the client
+/// sent after its request head.
 pub async fn serve(
     node: Arc<NodeCtx>,
-    upgrade: fastwebsockets::upgrade::UpgradeFut,
-    id: ConnId,
+    stream: TcpStream,
+    read: Vec<u8>,
+    response: Vec<u8>,
     identity: Identity,
 ) {
-    let (stream, prefix) = match upgrade.await {
-        Ok(ws) => match into_tcp(ws.into_inner().into_inner()) {
-            Some(parts) => parts,
-            None => {
-                tracing::warn!(conn = %id, "upgraded connection is not TCP");
-                return;
-            }
-        },
-        Err(e) => {
-            tracing::debug!(conn = %id, error = %e, "upgrade failed");
-            return;
-        }
-    };
+    let id = ConnId(fastrand::u64(1..));
     let limits = &node.settings.limits;
     let out = Arc::new(Outbound::new(limits.outbound_queue));
     let user: Arc<str> = identity.user.unwrap_or_else(|| format!("anon-{id}")).into();
@@ -71,25 +59,17 @@ pub async fn serve(
     tracing::debug!(conn = %id, user = %user, "connected");
 
     let mut reader = FrameReader::new(limits.max_frame_bytes);
-    if let Some(bytes) = prefix {
-        reader.push(&bytes);
+    if !read.is_empty() {
+        reader.push(&read);
     }
+    drop(read);
     // Runs the cleanup even if this task panics.
     let guard = Finish {
         conn: conn.clone(),
         node: node.clone(),
     };
-    run(&stream, &mut reader, &conn, hb.interval()).await;
+    run(&stream, &mut reader, &conn, hb.interval(), response).await;
     drop(guard);
-}
-
-/// Takes the TCP socket back from hyper once the upgrade is done, so that
-/// no HTTP buffers or boxed I/O stay behind for the life of the connection;
-/// bytes hyper had already read are returned to be parsed first.
-fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Option<Bytes>)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    let prefix = (!parts.read_buf.is_empty()).then_some(parts.read_buf);
-    Some((parts.io.into_inner(), prefix))
 }
 
 /// Leaves rooms and presence and updates the metrics when a connection ends.
@@ -126,14 +106,28 @@ struct Pending {
     closing: bool,
 }
 
-async fn run(stream: &TcpStream, reader: &mut FrameReader, conn: &Arc<Conn>, heartbeat: Duration) {
+async fn run(
+    stream: &TcpStream,
+    reader: &mut FrameReader,
+    conn: &Arc<Conn>,
+    heartbeat: Duration,
+    response: Vec<u8>,
+) {
     let out = &conn.out;
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        bytes: response,
+        ..Pending::default()
+    };
+    // The `101` and the `hello` in one write.
+    encode(out.next_batch().await, &mut pending);
+    if write_available(stream, &mut pending).is_err() {
+        return;
+    }
     let mut reading = true;
     let mut give_up: Option<tokio::time::Instant> = None;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Bytes hyper had read already.
+    // Bytes read with the request head.
     if !handle_messages(reader, conn, &mut pending).await {
         reading = false;
     }

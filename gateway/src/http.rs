@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use switchboard_protocol::{split_value, validate_room, ConnId, SUBPROTOCOL};
+use switchboard_protocol::{split_value, validate_room};
 use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
 
 use crate::node::NodeCtx;
@@ -48,7 +48,12 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Resp {
 pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let resp = match (req.method(), path.as_str()) {
-        (&Method::GET, "/ws") => websocket(node, req),
+        // Upgrades are answered before hyper sees the connection
+        // (upgrade.rs), so only as a connection's first request.
+        (&Method::GET, "/ws") => text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade must be the connection's first request",
+        ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -95,46 +100,6 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(resp)
-}
-
-fn websocket(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
-    if node.draining.load(Ordering::SeqCst) {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining: reconnect to another node",
-        );
-    }
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return text(StatusCode::UPGRADE_REQUIRED, "expected a WebSocket upgrade");
-    }
-    let (parts, body) = req.into_parts();
-    // Refused before the upgrade: nothing is upgraded for a bad token.
-    let identity = match node.auth.authenticate(&parts) {
-        Ok(identity) => identity,
-        Err(e) => return text(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    let offers_subprotocol = parts
-        .headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL);
-    let mut req = Request::from_parts(parts, body);
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let id = ConnId(fastrand::u64(1..));
-    tokio::spawn(crate::connection::serve(node, upgrade, id, identity));
-    let (mut parts, _) = response.into_parts();
-    if offers_subprotocol {
-        parts.headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Box<Resp>> {

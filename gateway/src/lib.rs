@@ -11,9 +11,10 @@
 //! `-- Connections     one Session actor per active socket     (session.rs)
 //! ```
 //!
-//! Per connection (`connection.rs`): a reader task hands client messages to
-//! the Session; a writer task drains the bounded [`outbound`] queue, which
-//! rooms and presence push to directly.
+//! Per connection: `upgrade.rs` reads the first request and answers the
+//! WebSocket upgrade (anything else goes to hyper, `http.rs`); then one task
+//! (`connection.rs`) hands client messages to the Session and drains the
+//! bounded [`outbound`] queue, which rooms and presence push to directly.
 
 mod auth;
 mod connection;
@@ -24,14 +25,12 @@ mod node;
 pub mod outbound;
 mod ratelimit;
 mod session;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_config::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +46,6 @@ pub enum GatewayError {
     #[error("cannot start: {0}")]
     Start(String),
 }
-
-/// How long a client may take to send the upgrade request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a node until `shutdown` is cancelled, then drains it: `/readyz`
 /// turns 503, the listener closes, connections are closed with 1012 spread
@@ -114,18 +110,7 @@ async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken)
             }
         };
         let _ = stream.set_nodelay(true);
-        let node = node.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| http::route(node.clone(), req));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "http connection ended with an error");
-            }
-        });
+        tokio::spawn(upgrade::serve(stream, node.clone()));
     }
 }
 

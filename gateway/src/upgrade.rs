@@ -1,0 +1,203 @@
+//! The first request on each TCP connection. A WebSocket upgrade to `/ws`
+//! is answered here rather than by hyper: the `101` and the `hello` leave
+//! in one write and no HTTP state stays behind. Anything else (probes, metrics, the server
+//! API) goes to hyper together with the bytes already read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use switchboard_protocol::handshake::{parse_request_head, HeadError, RequestHead};
+use switchboard_protocol::SUBPROTOCOL;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::auth::Identity;
+use crate::{connection, http, Node};
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(mut stream: TcpStream, node: Node) {
+    let mut buf = Vec::new();
+    let timeout = node.settings.limits.handshake_timeout();
+    let head = match tokio::time::timeout(timeout, read_head(&mut stream, &mut buf)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return,
+        Ok(Err(HeadError::TooLarge)) => {
+            return refuse(&mut stream, 431, "request head too large", "").await;
+        }
+        Ok(Err(e @ HeadError::Malformed(_))) => {
+            return refuse(&mut stream, 400, &e.to_string(), "").await;
+        }
+        Err(_) => {
+            tracing::debug!("no request head within limits.handshake_timeout_ms");
+            return;
+        }
+    };
+    if head.method != "GET" || head.path != "/ws" {
+        return serve_http(stream, buf, node).await;
+    }
+    match accept(&node, &head) {
+        Ok((identity, response)) => {
+            // A task of its own, so that nothing of the handshake (the
+            // request, this future's larger state) stays behind for the
+            // connection's life: 3.7 -> 3.0 KiB per idle connection.
+            let rest = buf.split_off(head.len);
+            drop((buf, head));
+            tokio::spawn(connection::serve(node, stream, rest, response, identity));
+        }
+        Err(Refusal {
+            status,
+            reason,
+            headers,
+        }) => refuse(&mut stream, status, &reason, headers).await,
+    }
+}
+
+/// Reads until a request head is complete; `Ok(None)` if the client left.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, HeadError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        buf.reserve(1024);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        if let Some(head) = parse_request_head(buf)? {
+            return Ok(Some(head));
+        }
+    }
+}
+
+struct Refusal {
+    status: u16,
+    reason: String,
+    headers: &'static str,
+}
+
+fn refusal(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+        headers: "",
+    }
+}
+
+/// Checks an upgrade request; on success, who the client is and the `101`.
+fn accept(node: &Node, head: &RequestHead) -> Result<(Identity, Vec<u8>), Refusal> {
+    if node.draining.load(Ordering::SeqCst) {
+        return Err(refusal(503, "draining: reconnect to another node"));
+    }
+    if !head.upgrade {
+        return Err(refusal(426, "expected a WebSocket upgrade"));
+    }
+    if !head.version_13 {
+        return Err(Refusal {
+            headers: "Sec-WebSocket-Version: 13\r\n",
+            ..refusal(426, "Sec-WebSocket-Version must be 13")
+        });
+    }
+    let Some(key) = head.key.as_deref().filter(|k| !k.is_empty()) else {
+        return Err(refusal(400, "missing Sec-WebSocket-Key"));
+    };
+    // Refused before the upgrade: nothing is upgraded for a bad token.
+    let identity = node
+        .auth
+        .authenticate(head.query.as_deref(), head.authorization.as_deref())
+        .map_err(|e| refusal(401, e.to_string()))?;
+    let subprotocol = head
+        .subprotocols
+        .iter()
+        .any(|p| p == SUBPROTOCOL)
+        .then_some(SUBPROTOCOL);
+    Ok((
+        identity,
+        switchboard_protocol::handshake::switching_protocols(key, subprotocol),
+    ))
+}
+
+/// Answers with a status and a one-line reason, and closes.
+async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, headers: &str) {
+    let text = match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {text}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n{headers}\r\n{reason}\n",
+        reason.len() + 1
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Hands the connection to hyper, the bytes already read first.
+async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node) {
+    let timeout = node.settings.limits.handshake_timeout();
+    let service = service_fn(move |req| http::route(node.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(Rewind::new(read, stream)), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+struct Rewind {
+    prefix: Vec<u8>,
+    at: usize,
+    io: TcpStream,
+}
+
+impl Rewind {
+    fn new(prefix: Vec<u8>, io: TcpStream) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
