@@ -18,9 +18,14 @@ use crate::room::{PublishReply, PublishRequest, RoomMsg};
 pub(crate) const NODES_GROUP: &str = "switchboard.nodes";
 /// Routers are named `router@<node>`, which is how peers learn node names.
 pub(crate) const NAME_PREFIX: &str = "router@";
-/// How often each peer is pinged, and how many misses kill its session.
+/// How often each peer is pinged, how long an answer may take, and how many
+/// misses in a row kill its session. The timeout is generous because a
+/// saturated node answers late without being gone: with 0.9 s, a benchmark
+/// that kept two cores busy had sessions killed, and every member of the
+/// re-homed rooms reconnecting made the overload worse. A silent peer is
+/// still declared lost within about 3 s.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(500);
-const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(900);
+const WATCHDOG_TIMEOUT: Duration = Duration::from_millis(2000);
 const WATCHDOG_MISSES: u32 = 2;
 
 #[derive(RactorClusterMessage)]
