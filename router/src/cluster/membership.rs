@@ -90,7 +90,8 @@ async fn run(
     let mut targets: HashMap<String, Target> = HashMap::new();
     let mut dns_peers: Vec<String> = Vec::new();
     let mut dns_at = Instant::now();
-    let mut pending: HashMap<ActorId, Instant> = HashMap::new();
+    // When each session was first seen; `None` once its handshake finished.
+    let mut handshakes: HashMap<ActorId, Option<Instant>> = HashMap::new();
     let mut first_pass = true;
     let mut ticker = tokio::time::interval(TICK);
     loop {
@@ -126,14 +127,22 @@ async fn run(
                 }
             }
         }
-        // Handshakes that do not finish in time are dropped.
+        // Handshakes that do not finish in time are dropped. A session that
+        // does not answer at all is left to the watchdog: a busy session
+        // answers late, and killing it for that took down healthy links
+        // under load.
         let now = Instant::now();
-        pending.retain(|id, _| sessions.values().any(|s| s.actor.get_id() == *id));
+        handshakes.retain(|id, _| sessions.values().any(|s| s.actor.get_id() == *id));
         for s in sessions.values() {
-            let since = *pending.entry(s.actor.get_id()).or_insert(now);
-            if now.duration_since(since) > HANDSHAKE_DEADLINE && !is_ready(&s.actor).await {
-                tracing::warn!(peer = %s.peer_addr, "cluster handshake did not finish; dropping it");
-                s.actor.kill();
+            let entry = handshakes.entry(s.actor.get_id()).or_insert(Some(now));
+            let Some(since) = *entry else { continue };
+            match ready_state(&s.actor).await {
+                Some(true) => *entry = None,
+                Some(false) if now.duration_since(since) > HANDSHAKE_DEADLINE => {
+                    tracing::warn!(peer = %s.peer_addr, "cluster handshake did not finish; dropping it");
+                    s.actor.kill();
+                }
+                _ => {}
             }
         }
         let wanted = settings
@@ -172,16 +181,18 @@ async fn run(
     }
 }
 
-async fn is_ready(session: &ActorRef<NodeSessionMessage>) -> bool {
-    matches!(
-        session
-            .call(
-                NodeSessionMessage::GetReadyState,
-                Some(Duration::from_millis(200))
-            )
-            .await,
-        Ok(ractor::rpc::CallResult::Success(true))
-    )
+/// Whether a session finished its handshake; `None` if it did not answer.
+async fn ready_state(session: &ActorRef<NodeSessionMessage>) -> Option<bool> {
+    match session
+        .call(
+            NodeSessionMessage::GetReadyState,
+            Some(Duration::from_millis(500)),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(ready)) => Some(ready),
+        _ => None,
+    }
 }
 
 fn is_self(target: &str, settings: &ClusterSettings) -> bool {
