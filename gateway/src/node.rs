@@ -46,7 +46,8 @@ struct PresenceObserver(PresenceHandle);
 
 impl MembershipObserver for PresenceObserver {
     fn joined(&self, room: &Arc<str>, member: &Member) {
-        self.0.join(room.clone(), member.conn);
+        self.0
+            .join(room.clone(), member.conn, member.presence_events);
     }
 
     fn left(&self, room: &Arc<str>, conn: ConnId) {

@@ -183,7 +183,11 @@ impl Conn {
             CommandError::new(id, ErrorCode::Unavailable, format!("room: {e}"))
         };
         match kind {
-            CommandKind::Join { room, since } => {
+            CommandKind::Join {
+                room,
+                since,
+                presence,
+            } => {
                 self.check_grant(id, &room)?;
                 let room: Arc<str> = room.into();
                 {
@@ -205,6 +209,7 @@ impl Conn {
                         conn: self.id,
                         user: self.user.clone(),
                         sink: self.sink(),
+                        presence_events: presence,
                     },
                     id,
                     since,

@@ -378,6 +378,51 @@ async fn presence_joined_left_on_close(mode: Mode) {
     );
 }
 
+async fn a_quiet_member_gets_messages_but_no_presence_events(mode: Mode) {
+    let s = Nodes::start(mode, &[]).await;
+    let mut quiet = s.client("quiet").await;
+    quiet.join_quietly("big").await.unwrap();
+    let mut a = s.client("alice").await;
+    a.join("big").await.unwrap();
+    // Others still see the quiet member join, and it is present.
+    let j = a.next_op("joined", WAIT).await.unwrap();
+    assert!(matches!(j.str("user"), Some("quiet" | "alice")));
+    // In a cluster, presence reaches the other nodes a moment later.
+    wait_presence(&mut quiet, "big", &["alice", "quiet"]).await;
+    a.publish("big", "hi".into()).await.unwrap();
+    assert_eq!(
+        quiet.next_op("msg", WAIT).await.unwrap().str("from"),
+        Some("alice")
+    );
+    a.close().await.unwrap();
+    let mut b = s.client("bob").await;
+    b.join("big").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.publish("big", "again".into()).await.unwrap();
+    assert_eq!(
+        quiet.next_op("msg", WAIT).await.unwrap().str("from"),
+        Some("bob")
+    );
+    wait_presence(&mut quiet, "big", &["bob", "quiet"]).await;
+    let presence_events = quiet
+        .pending()
+        .filter(|e| e.op() == "joined" || e.op() == "left")
+        .count();
+    assert_eq!(presence_events, 0);
+}
+
+async fn wait_presence(c: &mut switchboard_client::Client, room: &str, users: &[&str]) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = c.presence(room).await.unwrap();
+        if now == users {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "presence {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn heartbeat_expiry_of_a_frozen_client(mode: Mode) {
     let s = Nodes::start(
         mode,
@@ -891,6 +936,7 @@ macro_rules! on_one_node_and_on_a_cluster {
 
 on_one_node_and_on_a_cluster!(
     join_pub_msg_leave_ping,
+    a_quiet_member_gets_messages_but_no_presence_events,
     ping_command_gets_pong,
     data_passes_through_byte_for_byte,
     batched_commands_in_one_message,

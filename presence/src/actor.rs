@@ -17,8 +17,13 @@ pub enum PresenceMsg {
     },
     /// The connection is gone: every entry of it goes.
     Disconnect { conn: ConnId },
-    /// The connection became a member of `room`.
-    Join { room: Arc<str>, conn: ConnId },
+    /// The connection became a member of `room`; `events`: whether it is
+    /// sent the room's `joined` and `left`.
+    Join {
+        room: Arc<str>,
+        conn: ConnId,
+        events: bool,
+    },
     /// The connection stopped being a member of `room`.
     Leave { room: Arc<str>, conn: ConnId },
     Query {
@@ -58,6 +63,8 @@ struct RoomEntries {
     /// Local connections per user.
     users: BTreeMap<Arc<str>, u32>,
     conns: HashSet<ConnId>,
+    /// Members that asked not to be sent `joined` and `left`.
+    quiet: HashSet<ConnId>,
 }
 
 /// What a peer node has replicated here.
@@ -109,7 +116,7 @@ impl Actor for Presence {
         match msg {
             PresenceMsg::Connect { conn, user, sink } => state.connect(conn, user, sink, &mut out),
             PresenceMsg::Disconnect { conn } => state.disconnect(conn, &mut out),
-            PresenceMsg::Join { room, conn } => state.join(room, conn, &mut out),
+            PresenceMsg::Join { room, conn, events } => state.join(room, conn, events, &mut out),
             PresenceMsg::Leave { room, conn } => state.leave(&room, conn, &mut out),
             PresenceMsg::Query { room, reply } => {
                 let _ = reply.send(state.users_in(&room));
@@ -173,7 +180,7 @@ impl PresenceState {
         self.update_gauge();
     }
 
-    fn join(&mut self, room: Arc<str>, conn: ConnId, out: &mut Replication) {
+    fn join(&mut self, room: Arc<str>, conn: ConnId, events: bool, out: &mut Replication) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -184,6 +191,9 @@ impl PresenceState {
         let was_present = self.present(&room, &user);
         let entries = self.rooms.entry(room.clone()).or_default();
         entries.conns.insert(conn);
+        if !events {
+            entries.quiet.insert(conn);
+        }
         let count = entries.users.entry(user.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
@@ -216,6 +226,7 @@ impl PresenceState {
             return;
         };
         entries.conns.remove(&conn);
+        entries.quiet.remove(&conn);
         let last_local = match entries.users.get_mut(user) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -271,7 +282,7 @@ impl PresenceState {
         let Some(entries) = self.rooms.get(room) else {
             return;
         };
-        for conn in &entries.conns {
+        for conn in entries.conns.difference(&entries.quiet) {
             if let Some(c) = self.conns.get(conn) {
                 c.sink.push(ev.clone());
             }

@@ -73,8 +73,9 @@ impl PresenceHandle {
         let _ = self.actor.cast(PresenceMsg::Disconnect { conn });
     }
 
-    pub fn join(&self, room: Arc<str>, conn: ConnId) {
-        let _ = self.actor.cast(PresenceMsg::Join { room, conn });
+    /// `events`: whether the connection is sent the room's `joined` and `left`.
+    pub fn join(&self, room: Arc<str>, conn: ConnId, events: bool) {
+        let _ = self.actor.cast(PresenceMsg::Join { room, conn, events });
     }
 
     pub fn leave(&self, room: Arc<str>, conn: ConnId) {

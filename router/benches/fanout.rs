@@ -55,6 +55,7 @@ fn fanout(c: &mut Criterion) {
                     conn: ConnId(i),
                     user: format!("u{i}").into(),
                     sink: Arc::new(Counting(counter.clone())),
+                    presence_events: true,
                 };
                 let req = JoinRequest {
                     member,

@@ -9,6 +9,8 @@ pub struct Member {
     pub conn: ConnId,
     pub user: Arc<str>,
     pub sink: Arc<dyn EventSink>,
+    /// Whether it is sent the room's `joined` and `left`.
+    pub presence_events: bool,
 }
 
 impl fmt::Debug for Member {

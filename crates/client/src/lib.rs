@@ -201,6 +201,17 @@ impl Client {
         .await
     }
 
+    /// Joins without being sent the room's `joined` and `left` (for large
+    /// rooms, where every join would otherwise reach every member).
+    pub async fn join_quietly(&mut self, room: &str) -> Result<Event, ClientError> {
+        self.call(vec![
+            ("op", "join".into()),
+            ("room", room.into()),
+            ("presence", Field::Value(Value::Boolean(false))),
+        ])
+        .await
+    }
+
     pub async fn leave(&mut self, room: &str) -> Result<Event, ClientError> {
         self.call(vec![("op", "leave".into()), ("room", room.into())])
             .await

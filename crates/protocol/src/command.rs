@@ -26,6 +26,10 @@ pub enum CommandKind {
     Join {
         room: String,
         since: Option<Since>,
+        /// `false`: this connection is not sent the room's `joined` and
+        /// `left` (it still counts as present). For large rooms, where
+        /// every join would otherwise reach every member.
+        presence: bool,
     },
     Leave {
         room: String,
@@ -142,6 +146,7 @@ struct Fields<'a> {
     to: Option<&'a str>,
     msg_id: Option<&'a str>,
     since: Option<Since>,
+    presence: Option<bool>,
     data: Option<(usize, usize)>,
 }
 
@@ -164,6 +169,12 @@ fn parse_command(message: &Bytes, start: usize, end: usize) -> Result<Command, C
             "to" => f.to = Some(r.str().map_err(|e| CommandError::field(id, "to", e))?),
             "msg_id" => f.msg_id = Some(r.str().map_err(|e| CommandError::field(id, "msg_id", e))?),
             "since" => f.since = Some(r.since().map_err(|e| CommandError::field(id, "since", e))?),
+            "presence" => {
+                f.presence = Some(
+                    r.bool()
+                        .map_err(|e| CommandError::field(id, "presence", e))?,
+                )
+            }
             "data" => {
                 let at = r.pos;
                 r.skip(1).map_err(|e| CommandError::field(id, "data", e))?;
@@ -191,6 +202,7 @@ fn parse_command(message: &Bytes, start: usize, end: usize) -> Result<Command, C
         "join" => CommandKind::Join {
             room: room(&f)?,
             since: f.since.take(),
+            presence: f.presence.unwrap_or(true),
         },
         "leave" => CommandKind::Leave { room: room(&f)? },
         "pub" => {
@@ -269,6 +281,8 @@ enum FieldError {
     Utf8,
     #[error("must be an unsigned integer")]
     NotUint,
+    #[error("must be true or false")]
+    NotBool,
     #[error("must be a map with \"epoch\" (string) and \"offset\" (unsigned integer)")]
     NotSince,
     #[error("{0}")]
@@ -352,6 +366,19 @@ impl<'a> Reader<'a> {
             }
         };
         std::str::from_utf8(self.take(len)?).map_err(|_| FieldError::Utf8)
+    }
+
+    fn bool(&mut self) -> Result<bool, FieldError> {
+        match self.peek()? {
+            0xc2 | 0xc3 => {
+                self.pos += 1;
+                Ok(self.buf[self.pos - 1] == 0xc3)
+            }
+            _ => {
+                self.skip(1)?;
+                Err(FieldError::NotBool)
+            }
+        }
     }
 
     /// Reads a non-negative integer, in any of MessagePack's integer encodings.
@@ -526,9 +553,31 @@ mod tests {
                     since: Some(Since {
                         epoch: "e1".into(),
                         offset: 12
-                    })
+                    }),
+                    presence: true,
                 }
             })
+        );
+        let cmds = decode(bytes(&serde_json::json!({
+            "op": "join", "id": 3, "room": "r", "presence": false
+        })));
+        assert!(matches!(
+            &cmds[0],
+            Ok(Command {
+                kind: CommandKind::Join {
+                    presence: false,
+                    ..
+                },
+                ..
+            })
+        ));
+        let cmds = decode(bytes(&serde_json::json!({
+            "op": "join", "id": 4, "room": "r", "presence": 0
+        })));
+        let e = cmds[0].as_ref().expect_err("not a bool");
+        assert_eq!(
+            (e.id, e.reason.as_str()),
+            (4, "presence: must be true or false")
         );
     }
 

@@ -69,12 +69,14 @@ fn command() -> impl Strategy<Value = (Command, Vec<u8>)> {
     let kind = prop_oneof![
         (
             room(),
-            proptest::option::of(("[a-f0-9]{1,16}", any::<u64>()))
+            proptest::option::of(("[a-f0-9]{1,16}", any::<u64>())),
+            any::<bool>()
         )
-            .prop_map(|(room, since)| {
+            .prop_map(|(room, since, presence)| {
                 CommandKind::Join {
                     room,
                     since: since.map(|(epoch, offset)| Since { epoch, offset }),
+                    presence,
                 }
             }),
         room().prop_map(|room| CommandKind::Leave { room }),
@@ -113,8 +115,16 @@ fn encode(cmd: &Command, unknown: &[(String, Value)], shuffle: u64) -> Vec<u8> {
     ];
     let s = |v: &str| enc(&Value::from(v));
     match &cmd.kind {
-        CommandKind::Join { room, since } => {
+        CommandKind::Join {
+            room,
+            since,
+            presence,
+        } => {
             fields.push(("room".into(), s(room)));
+            // Leaving it out means true.
+            if !presence || stable_coin(room) {
+                fields.push(("presence".into(), enc(&Value::from(*presence))));
+            }
             if let Some(since) = since {
                 let m = Value::Map(vec![
                     ("epoch".into(), since.epoch.as_str().into()),
@@ -287,4 +297,9 @@ fn nesting_is_bounded() {
         .unwrap_err();
     assert_eq!(e.id, 0);
     assert!(e.reason.contains("nested deeper"), "{}", e.reason);
+}
+
+/// A stable coin flip, so that `presence: true` is sometimes written out.
+fn stable_coin(seed: &str) -> bool {
+    seed.len().is_multiple_of(2)
 }
