@@ -47,5 +47,26 @@ target/release/switchboard-bench run $QUICK \
   --baseline 127.0.0.1:18081 --baseline-pids "$NB,$RD" \
   --floor-dir "$WORK" \
   --out benches/results/latest.json
+kill "$SB" "$NB" 2>/dev/null || true
+
+echo "== start three Switchboard nodes and three peer nodes"
+SB_ADDRS=(); SB_PIDS=(); NB_ADDRS=(); NB_PIDS=()
+for i in 0 1 2; do
+  SWITCHBOARD__NODE__NAME="bench-$i" \
+  SWITCHBOARD__HTTP__LISTEN="127.0.0.1:1809$i" \
+  SWITCHBOARD__CLUSTER__LISTEN="127.0.0.1:1819$i" \
+  SWITCHBOARD__CLUSTER__SEEDS="127.0.0.1:18190,127.0.0.1:18191,127.0.0.1:18192" \
+  SWITCHBOARD__LIMITS__PUBLISH_PER_S=1000000 \
+  SWITCHBOARD__LIMITS__PUBLISH_BURST=1000000 \
+  SWITCHBOARD__LIMITS__OUTBOUND_QUEUE=65536 \
+  RUST_LOG=warn target/release/switchboard & p=$!; PIDS+=("$p"); SB_PIDS+=("$p"); SB_ADDRS+=("127.0.0.1:1809$i")
+  (cd "$WORK/redis-baseline" && PORT="1828$i" REDIS_URL=redis://127.0.0.1:16379 NODE_NAME="n$i" exec node server.js) >/dev/null 2>&1 & p=$!; PIDS+=("$p"); NB_PIDS+=("$p"); NB_ADDRS+=("127.0.0.1:1828$i")
+done
+for a in "${SB_ADDRS[@]}" "${NB_ADDRS[@]}"; do wait_http "$a"; done
+join() { local IFS=,; echo "$*"; }
+target/release/switchboard-bench run $QUICK --only cross-node --append \
+  --switchboard-cluster "$(join "${SB_ADDRS[@]}")" --switchboard-cluster-pids "$(join "${SB_PIDS[@]}")" \
+  --baseline-cluster "$(join "${NB_ADDRS[@]}")" --baseline-cluster-pids "$(join "${NB_PIDS[@]}" "$RD")" \
+  --out benches/results/latest.json
 target/release/switchboard-bench report --input benches/results/latest.json --out docs/benchmarks.md
 echo "== wrote benches/results/latest.json and docs/benchmarks.md"

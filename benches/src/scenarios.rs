@@ -32,6 +32,18 @@ pub struct RunArgs {
     pub baseline: Option<String>,
     #[arg(long, value_delimiter = ',')]
     pub baseline_pids: Vec<u32>,
+    /// Three-node clusters for the cross-node scenario: addresses and pids.
+    #[arg(long, value_delimiter = ',')]
+    pub switchboard_cluster: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub switchboard_cluster_pids: Vec<u32>,
+    #[arg(long, value_delimiter = ',')]
+    pub baseline_cluster: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    pub baseline_cluster_pids: Vec<u32>,
+    /// Add the rows to those already in `--out` instead of replacing them.
+    #[arg(long)]
+    pub append: bool,
     /// Directory with the built `fanout-floor` and `socket-memory-floor`.
     #[arg(long)]
     pub floor_dir: Option<PathBuf>,
@@ -45,13 +57,28 @@ const PER_WORKER: usize = 5000;
 
 struct System {
     name: &'static str,
-    addr: String,
+    /// One address per node; single-node scenarios use the first.
+    addrs: Vec<String>,
     pids: Vec<u32>,
+}
+
+/// Which rooms a worker's connections join.
+#[derive(Clone)]
+enum Rooms {
+    /// One of 100 shared rooms each (members see each other's `joined`).
+    Shared,
+    /// A room of its own each.
+    Own,
+    /// All the same room, counting its messages.
+    Fanout(String),
 }
 
 struct Sizes {
     density: usize,
+    connect: usize,
     members: usize,
+    /// Smaller rooms, for latency and throughput against room size.
+    small_members: Vec<usize>,
     publishes: u64,
     rate: u64,
     rate_secs: u64,
@@ -61,15 +88,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let sizes = if args.quick {
         Sizes {
             density: 5000,
+            connect: 10000,
             members: 5000,
+            small_members: vec![1000],
             publishes: 200,
             rate: 20,
-            rate_secs: 5,
+            rate_secs: 4,
         }
     } else {
         Sizes {
             density: 18000,
+            connect: 10000,
             members: 5000,
+            small_members: vec![500, 1000, 2000],
             publishes: 1000,
             rate: 20,
             rate_secs: 20,
@@ -79,41 +110,79 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let (Some(addr), Some(pid)) = (&args.switchboard, args.switchboard_pid) {
         systems.push(System {
             name: "switchboard",
-            addr: addr.clone(),
+            addrs: vec![addr.clone()],
             pids: vec![pid],
         });
     }
     if let Some(addr) = &args.baseline {
         systems.push(System {
             name: "redis-baseline",
-            addr: addr.clone(),
+            addrs: vec![addr.clone()],
             pids: args.baseline_pids.clone(),
         });
     }
+    let mut clusters = Vec::new();
+    if !args.switchboard_cluster.is_empty() {
+        clusters.push(System {
+            name: "switchboard",
+            addrs: args.switchboard_cluster.clone(),
+            pids: args.switchboard_cluster_pids.clone(),
+        });
+    }
+    if !args.baseline_cluster.is_empty() {
+        clusters.push(System {
+            name: "redis-baseline",
+            addrs: args.baseline_cluster.clone(),
+            pids: args.baseline_cluster_pids.clone(),
+        });
+    }
     let mut results = Vec::new();
+    if args.append {
+        if let Ok(text) = std::fs::read_to_string(&args.out) {
+            let old: serde_json::Value = serde_json::from_str(&text)?;
+            results.extend(old["scenarios"].as_array().cloned().unwrap_or_default());
+        }
+    }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     for sys in &systems {
         if want("rtt") {
             step(&format!("{}: rtt (idle)", sys.name));
             results.push(rtt(sys, "idle").await?);
         }
-        if want("density") || want("connect") {
+        if want("density") {
             step(&format!(
-                "{}: density and connect, {} connections",
+                "{}: density, {} connections in 100 shared rooms",
                 sys.name, sizes.density
             ));
             let (d, c) = density(sys, sizes.density).await?;
             results.push(d);
             results.push(c);
         }
+        if want("connect") {
+            step(&format!(
+                "{}: connect + join, {} connections",
+                sys.name, sizes.connect
+            ));
+            results.push(connect(sys, sizes.connect).await?);
+        }
         if !want("fanout") {
             continue;
+        }
+        for &m in &sizes.small_members {
+            step(&format!("{}: fan-out flat out, {m} members", sys.name));
+            results.push(fanout(sys, "fanout", m, Pace::FlatOut(sizes.publishes)).await?);
+            step(&format!(
+                "{}: fan-out at {}/s, {m} members",
+                sys.name, sizes.rate
+            ));
+            let pace = Pace::Rate(sizes.rate, sizes.rate_secs);
+            results.push(fanout(sys, "fanout", m, pace).await?);
         }
         step(&format!(
             "{}: fan-out flat out, {} members",
             sys.name, sizes.members
         ));
-        let max = fanout(sys, sizes.members, Pace::FlatOut(sizes.publishes)).await?;
+        let max = fanout(sys, "fanout", sizes.members, Pace::FlatOut(sizes.publishes)).await?;
         // Half of what the members could take in, not of what the server
         // acknowledged: the publisher can run ahead of the deliveries.
         let max_deliveries = max["deliveries_per_s"].as_f64().unwrap_or(1.0);
@@ -123,13 +192,33 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "{}: fan-out at half the maximum rate ({half}/s)",
             sys.name
         ));
-        results.push(fanout(sys, sizes.members, Pace::Rate(half, sizes.rate_secs)).await?);
+        let pace = Pace::Rate(half, sizes.rate_secs);
+        results.push(fanout(sys, "fanout", sizes.members, pace).await?);
         step(&format!("{}: fan-out at {}/s", sys.name, sizes.rate));
-        results.push(fanout(sys, sizes.members, Pace::Rate(sizes.rate, sizes.rate_secs)).await?);
+        let pace = Pace::Rate(sizes.rate, sizes.rate_secs);
+        results.push(fanout(sys, "fanout", sizes.members, pace).await?);
+    }
+    for sys in clusters.iter().filter(|_| want("cross-node")) {
+        let n = sys.addrs.len();
+        step(&format!(
+            "{}: cross-node fan-out flat out, {} members over {n} nodes",
+            sys.name, sizes.members
+        ));
+        let pace = Pace::FlatOut(sizes.publishes);
+        results.push(fanout(sys, "cross-node", sizes.members, pace).await?);
+        step(&format!(
+            "{}: cross-node fan-out at {}/s",
+            sys.name, sizes.rate
+        ));
+        let pace = Pace::Rate(sizes.rate, sizes.rate_secs);
+        results.push(fanout(sys, "cross-node", sizes.members, pace).await?);
     }
     if let (Some(dir), true) = (&args.floor_dir, want("floor")) {
         step("floor: kernel fan-out and socket memory");
-        results.extend(floor(dir, sizes.members, sizes.density.min(9000))?);
+        for &m in sizes.small_members.iter().chain([&sizes.members]) {
+            results.push(floor_fanout(dir, m)?);
+        }
+        results.push(floor_memory(dir, sizes.density.min(9000))?);
     }
     let doc = json!({ "quick": args.quick, "scenarios": results });
     if let Some(parent) = args.out.parent() {
@@ -145,6 +234,22 @@ fn step(what: &str) {
     println!("== {what}");
 }
 
+/// Waits (up to 10 s) until the system is idle, so that one scenario does
+/// not pay for the last one's clean-up (closing thousands of connections).
+async fn settle(sys: &System) -> Result<()> {
+    let window = Duration::from_millis(250);
+    for _ in 0..40 {
+        let before = procstat::cpu_us_all(&sys.pids)?;
+        tokio::time::sleep(window).await;
+        let used = procstat::cpu_us_all(&sys.pids)? - before;
+        // Under 10 % of one core.
+        if used * 10 < window.as_micros() as u64 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// A running worker process.
 struct Worker {
     /// Connections it opened and joined, and those that failed.
@@ -156,12 +261,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn spawn(
-        addr: String,
-        connections: usize,
-        id: usize,
-        fanout_room: Option<String>,
-    ) -> Result<Worker> {
+    async fn spawn(addr: String, connections: usize, id: usize, rooms: Rooms) -> Result<Worker> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("worker")
             .arg("--addr")
@@ -173,8 +273,14 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(room) = fanout_room {
-            cmd.arg("--fanout-room").arg(room);
+        match rooms {
+            Rooms::Shared => {}
+            Rooms::Own => {
+                cmd.arg("--own-rooms");
+            }
+            Rooms::Fanout(room) => {
+                cmd.arg("--fanout-room").arg(room);
+            }
         }
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
@@ -224,26 +330,28 @@ impl Worker {
     }
 }
 
+/// `total` connections in workers of at most `per_worker` each, the
+/// workers spread round robin over the system's nodes.
 async fn spawn_workers(
     sys: &System,
     total: usize,
+    per_worker: usize,
     first_id: usize,
-    room: Option<&str>,
+    rooms: Rooms,
 ) -> Result<Vec<Worker>> {
     let mut workers = Vec::new();
     let mut left = total;
-    let mut id = first_id;
     let mut pending = Vec::new();
     while left > 0 {
-        let n = left.min(PER_WORKER);
+        let n = left.min(per_worker.min(PER_WORKER));
+        let addr = sys.addrs[pending.len() % sys.addrs.len()].clone();
         pending.push(Worker::spawn(
-            sys.addr.clone(),
+            addr,
             n,
-            id,
-            room.map(str::to_owned),
+            first_id + pending.len(),
+            rooms.clone(),
         ));
         left -= n;
-        id += 1;
     }
     for w in futures_join(pending).await {
         workers.push(w?);
@@ -279,12 +387,13 @@ fn row(scenario: &str, system: &str) -> Map<String, serde_json::Value> {
 /// Idle connections, each in one of 100 rooms: server RSS per connection
 /// above a warm baseline, and the rate at which they connected and joined.
 async fn density(sys: &System, n: usize) -> Result<(serde_json::Value, serde_json::Value)> {
+    settle(sys).await?;
     let pid = sys.pids[0];
-    let warm = spawn_workers(sys, 500, 9000, None).await?;
+    let warm = spawn_workers(sys, 500, PER_WORKER, 9000, Rooms::Shared).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss0 = procstat::rss_kib(pid)?;
     let started = Instant::now();
-    let workers = spawn_workers(sys, n, 0, None).await?;
+    let workers = spawn_workers(sys, n, PER_WORKER, 0, Rooms::Shared).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     // Idle means idle: past the session passivation period (default 5 s).
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -309,12 +418,39 @@ async fn density(sys: &System, n: usize) -> Result<(serde_json::Value, serde_jso
         json!((rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64),
     );
     let mut c = row("connect", sys.name);
+    c.insert("rooms".into(), json!("100 shared"));
     c.insert("connections".into(), json!(opened));
     c.insert(
         "connections_per_s".into(),
         json!(opened as f64 / connect_secs),
     );
     Ok((serde_json::Value::Object(d), serde_json::Value::Object(c)))
+}
+
+/// Connections per second, each joining a room of its own, from two
+/// worker processes; and the server's CPU time per connection.
+async fn connect(sys: &System, n: usize) -> Result<serde_json::Value> {
+    settle(sys).await?;
+    let cpu0 = procstat::cpu_us_all(&sys.pids)?;
+    let started = Instant::now();
+    let workers = spawn_workers(sys, n, n.div_ceil(2), 20, Rooms::Own).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu1 = procstat::cpu_us_all(&sys.pids)?;
+    let opened: usize = workers.iter().map(|w| w.opened).sum();
+    let failed: usize = workers.iter().map(|w| w.failed).sum();
+    for w in workers {
+        w.finish().await?;
+    }
+    let mut c = row("connect", sys.name);
+    c.insert("rooms".into(), json!("own"));
+    c.insert("connections".into(), json!(opened));
+    c.insert("failed".into(), json!(failed));
+    c.insert("connections_per_s".into(), json!(opened as f64 / secs));
+    c.insert(
+        "server_cpu_us_per_connection".into(),
+        json!((cpu1 - cpu0) as f64 / opened.max(1) as f64),
+    );
+    Ok(serde_json::Value::Object(c))
 }
 
 enum Pace {
@@ -334,14 +470,24 @@ fn pub_command(room: &str, seq: u64, id: u64) -> Vec<u8> {
     ])
 }
 
-/// One room with `members` members, one publisher.
-async fn fanout(sys: &System, members: usize, pace: Pace) -> Result<serde_json::Value> {
+/// One room with `members` members spread evenly over the system's nodes,
+/// one publisher on the first node.
+async fn fanout(
+    sys: &System,
+    scenario: &str,
+    members: usize,
+    pace: Pace,
+) -> Result<serde_json::Value> {
+    settle(sys).await?;
     let room = format!("fanout-{}", now_ns() % 1_000_000);
-    let mut workers = spawn_workers(sys, members, 100, Some(&room)).await?;
+    let per_worker = members.div_ceil(sys.addrs.len());
+    let rooms = Rooms::Fanout(room.clone());
+    let mut workers = spawn_workers(sys, members, per_worker, 100, rooms).await?;
     let joined: usize = workers.iter().map(|w| w.opened).sum();
     let failed: usize = workers.iter().map(|w| w.failed).sum();
-    let mut publisher = Client::connect(&sys.addr, ConnectOptions::user("publisher")).await?;
-    let mut pinger = Client::connect(&sys.addr, ConnectOptions::user("pinger")).await?;
+    let addr = &sys.addrs[0];
+    let mut publisher = Client::connect(addr, ConnectOptions::user("publisher")).await?;
+    let mut pinger = Client::connect(addr, ConnectOptions::user("pinger")).await?;
     let cpu0 = procstat::cpu_us_all(&sys.pids)?;
     let started = Instant::now();
     let rtt_task = tokio::spawn(async move {
@@ -419,7 +565,8 @@ async fn fanout(sys: &System, members: usize, pace: Pace) -> Result<serde_json::
     let rtt = rtt_task.await?;
     let lost = expected.saturating_sub(received.saturating_sub(reordered));
     let span = (last.saturating_sub(first)) as f64 / 1e9;
-    let mut m = row("fanout", sys.name);
+    let mut m = row(scenario, sys.name);
+    m.insert("nodes".into(), json!(sys.addrs.len()));
     m.insert(
         "pace".into(),
         json!(match pace {
@@ -449,15 +596,28 @@ async fn fanout(sys: &System, members: usize, pace: Pace) -> Result<serde_json::
         &hist,
         &[(0.5, "p50"), (0.99, "p99"), (0.999, "p999")],
     );
+    m.insert("latency_cdf".into(), cdf(&hist));
     m.insert("lost".into(), json!(lost));
     m.insert("reordered".into(), json!(reordered));
     quantiles(&mut m, "rtt_", &rtt, &[(0.5, "p50"), (0.99, "p99")]);
     Ok(serde_json::Value::Object(m))
 }
 
+/// `[percentile, ms]` points of a microsecond histogram, for plotting.
+fn cdf(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    const AT: [f64; 16] = [
+        0.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.5, 99.9,
+        100.0,
+    ];
+    json!(AT
+        .iter()
+        .map(|p| json!([p, h.value_at_quantile(p / 100.0) as f64 / 1000.0]))
+        .collect::<Vec<_>>())
+}
+
 /// `ping`/`pong` round trips on an otherwise idle server.
 async fn rtt(sys: &System, load: &str) -> Result<serde_json::Value> {
-    let mut c = Client::connect(&sys.addr, ConnectOptions::user("rtt")).await?;
+    let mut c = Client::connect(&sys.addrs[0], ConnectOptions::user("rtt")).await?;
     let mut h = new_histogram();
     for _ in 0..500 {
         let t = Instant::now();
@@ -488,16 +648,32 @@ fn quantiles(
     }
 }
 
-/// The kernel's floor on this machine, from the C tools in shared/tools.
-fn floor(dir: &std::path::Path, members: usize, sockets: usize) -> Result<Vec<serde_json::Value>> {
+/// The kernel's fan-out floor on this machine (shared/tools/fanout-floor.c):
+/// one frame per write to `members` loopback sockets.
+fn floor_fanout(dir: &std::path::Path, members: usize) -> Result<serde_json::Value> {
+    const ROUNDS: usize = 20;
     // A `msg` event of this benchmark is about 60 bytes, plus the frame header.
     let out = std::process::Command::new(dir.join("fanout-floor"))
-        .args([members.to_string(), "66".into(), "1".into(), "20".into()])
+        .args([
+            members.to_string(),
+            "66".into(),
+            "1".into(),
+            ROUNDS.to_string(),
+        ])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let num_before = |marker: &str| -> Option<f64> {
         let i = text.find(marker)?;
         text[..i].split_whitespace().last()?.parse().ok()
+    };
+    let num_after = |marker: &str| -> Option<f64> {
+        let i = text.find(marker)? + marker.len();
+        text[i..]
+            .split_whitespace()
+            .next()?
+            .trim_end_matches('s')
+            .parse()
+            .ok()
     };
     let mut f = row("fanout", "floor");
     f.insert("pace".into(), json!("max"));
@@ -510,9 +686,20 @@ fn floor(dir: &std::path::Path, members: usize, sockets: usize) -> Result<Vec<se
         "server_cpu_us_per_delivery".into(),
         json!(num_before(" ns sender-CPU/delivery").unwrap_or(0.0) / 1000.0),
     );
+    // How long one publication's writes take on one core: no fan-out of
+    // one frame per write can reach its last member sooner.
+    f.insert(
+        "one_publication_ms".into(),
+        json!(num_after("sender wall ").unwrap_or(0.0) * 1000.0 / ROUNDS as f64),
+    );
     f.insert("lost".into(), json!(0));
     f.insert("reordered".into(), json!(0));
     f.insert("raw".into(), json!(text.trim()));
+    Ok(serde_json::Value::Object(f))
+}
+
+/// Kernel memory per idle loopback connection (shared/tools/socket-memory-floor.c).
+fn floor_memory(dir: &std::path::Path, sockets: usize) -> Result<serde_json::Value> {
     let out = std::process::Command::new(dir.join("socket-memory-floor"))
         .arg(sockets.to_string())
         .output()?;
@@ -534,8 +721,5 @@ fn floor(dir: &std::path::Path, members: usize, sockets: usize) -> Result<Vec<se
     d.insert("rss_kib_per_connection".into(), json!(0.0));
     d.insert("kernel_kib_per_connection".into(), json!(per_conn / 1024.0));
     d.insert("raw".into(), json!(text.trim()));
-    Ok(vec![
-        serde_json::Value::Object(f),
-        serde_json::Value::Object(d),
-    ])
+    Ok(serde_json::Value::Object(d))
 }

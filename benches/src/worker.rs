@@ -23,6 +23,9 @@ pub struct WorkerArgs {
     /// Each connection joins one of this many rooms (`density-<i>`), or ...
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
+    /// ... each connection joins a room of its own, or ...
+    #[arg(long)]
+    pub own_rooms: bool,
     /// ... every connection joins this one room and counts its messages.
     #[arg(long)]
     pub fanout_room: Option<String>,
@@ -89,9 +92,15 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
                 let user = format!("w{}-{i}", args.id);
                 let room = match &args.fanout_room {
                     Some(r) => r.clone(),
+                    None if args.own_rooms => format!("own-{}-{i}", args.id),
                     None => format!("density-{}", (args.id * 7919 + i) % args.rooms),
                 };
-                match open(&args.addr, &user, &room).await {
+                // Members of the fan-out room join quietly: the benchmark
+                // measures messages, and 5,000 joins would otherwise queue
+                // 12.5 million `joined` events ahead of them (the peer sends
+                // none).
+                let quiet = args.fanout_room.is_some();
+                match open(&args.addr, &user, &room, quiet).await {
                     Ok(c) => clients.push(c),
                     Err(_) => {
                         failed.fetch_add(1, Ordering::SeqCst);
@@ -169,9 +178,13 @@ fn emit(line: &str) {
     println!("{line}");
 }
 
-async fn open(addr: &str, user: &str, room: &str) -> Result<Client> {
+async fn open(addr: &str, user: &str, room: &str, quiet: bool) -> Result<Client> {
     let mut c = Client::connect(addr, ConnectOptions::user(user)).await?;
-    c.join(room).await?;
+    if quiet {
+        c.join_quietly(room).await?;
+    } else {
+        c.join(room).await?;
+    }
     Ok(c)
 }
 
