@@ -34,3 +34,6 @@ echo "== python client"
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
+
+echo "== WebSocket conformance (Autobahn cases via kosoku)"
+tests/conformance/run.sh target/pyenv/bin/python target/debug/switchboard

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::auth::Identity;
 use crate::frames::{
     write_frame, write_header, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING,
-    OP_PONG,
+    OP_PONG, OP_TEXT,
 };
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
@@ -22,6 +22,16 @@ use crate::session::{Conn, CLOSE_GRACE};
 
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
+
+/// What an upgraded connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/ws`: the Switchboard protocol.
+    Ws,
+    /// `/echo` (with `debug.echo`): every message sent back as it came, for
+    /// the Autobahn conformance cases; the same reader, limits and writer.
+    Echo,
+}
 
 /// Serves an upgraded connection until it closes. `response` is the `101`
 /// (it leaves in one write with the `hello`); `read` holds bytes the client
@@ -32,6 +42,7 @@ pub async fn serve(
     read: Vec<u8>,
     response: Vec<u8>,
     identity: Identity,
+    endpoint: Endpoint,
 ) {
     let id = ConnId(fastrand::u64(1..));
     let limits = &node.settings.limits;
@@ -47,15 +58,17 @@ pub async fn serve(
     node.conns.insert(id, out.clone());
     metrics::gauge!("switchboard_connections").increment(1.0);
     metrics::counter!("switchboard_connections_opened_total").increment(1);
-    node.presence.connect(id, user.clone(), out.clone());
     let hb = &node.settings.heartbeat;
-    out.push(event::hello(
-        &id.to_string(),
-        &node.settings.node.name,
-        &user,
-        hb.interval_ms,
-        limits.max_frame_bytes as u64,
-    ));
+    if endpoint == Endpoint::Ws {
+        node.presence.connect(id, user.clone(), out.clone());
+        out.push(event::hello(
+            &id.to_string(),
+            &node.settings.node.name,
+            &user,
+            hb.interval_ms,
+            limits.max_frame_bytes as u64,
+        ));
+    }
     tracing::debug!(conn = %id, user = %user, "connected");
 
     let mut reader = FrameReader::new(limits.max_frame_bytes);
@@ -68,7 +81,15 @@ pub async fn serve(
         conn: conn.clone(),
         node: node.clone(),
     };
-    run(&stream, &mut reader, &conn, hb.interval(), response).await;
+    run(
+        &stream,
+        &mut reader,
+        &conn,
+        hb.interval(),
+        response,
+        endpoint,
+    )
+    .await;
     drop(guard);
 }
 
@@ -112,6 +133,7 @@ async fn run(
     conn: &Arc<Conn>,
     heartbeat: Duration,
     response: Vec<u8>,
+    endpoint: Endpoint,
 ) {
     let out = &conn.out;
     let mut pending = Pending {
@@ -119,7 +141,9 @@ async fn run(
         ..Pending::default()
     };
     // The `101` and the `hello` in one write.
-    encode(out.next_batch().await, &mut pending);
+    if endpoint == Endpoint::Ws {
+        encode(out.next_batch().await, &mut pending);
+    }
     if write_available(stream, &mut pending).is_err() {
         return;
     }
@@ -128,7 +152,7 @@ async fn run(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bytes read with the request head.
-    if !handle_messages(reader, conn, &mut pending).await {
+    if !handle_messages(reader, conn, &mut pending, endpoint).await {
         reading = false;
     }
     loop {
@@ -147,7 +171,7 @@ async fn run(
                     // End of stream or a broken socket: the client is gone.
                     Ok(false) | Err(()) => return,
                 }
-                if !handle_messages(reader, conn, &mut pending).await {
+                if !handle_messages(reader, conn, &mut pending, endpoint).await {
                     reading = false;
                 }
             }
@@ -207,11 +231,23 @@ async fn handle_messages(
     reader: &mut FrameReader,
     conn: &Arc<Conn>,
     pending: &mut Pending,
+    endpoint: Endpoint,
 ) -> bool {
     let out = &conn.out;
+    let echo = endpoint == Endpoint::Echo;
     loop {
         match reader.next() {
             Ok(None) => return true,
+            Ok(Some(Incoming::Binary(payload))) if echo => {
+                write_frame(&mut pending.bytes, OP_BINARY, &payload);
+            }
+            Ok(Some(Incoming::Text(payload))) if echo => {
+                write_frame(&mut pending.bytes, OP_TEXT, &payload);
+            }
+            Err(FrameError::InvalidText) if echo => {
+                out.close(CloseCode::InvalidPayload, "invalid UTF-8");
+                return false;
+            }
             Ok(Some(Incoming::Binary(payload))) => conn.deliver(payload).await,
             Ok(Some(Incoming::Ping(payload))) => {
                 if !pending.closing {
@@ -219,7 +255,7 @@ async fn handle_messages(
                 }
             }
             Ok(Some(Incoming::Pong)) => {}
-            Ok(Some(Incoming::Text)) => {
+            Ok(Some(Incoming::Text(_))) | Err(FrameError::InvalidText) => {
                 out.push(event::err(
                     0,
                     ErrorCode::BadRequest,

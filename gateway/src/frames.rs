@@ -12,7 +12,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Binary(Bytes),
-    Text,
+    /// A text message, its payload checked to be UTF-8.
+    Text(Bytes),
     Ping(Bytes),
     Pong,
     /// The close frame's payload (code and reason), already validated.
@@ -28,6 +29,8 @@ pub enum FrameError {
     TooBig,
     #[error("invalid UTF-8 in a close reason")]
     InvalidUtf8,
+    #[error("a text message that is not UTF-8")]
+    InvalidText,
 }
 
 const CONTINUATION: u8 = 0x0;
@@ -92,7 +95,7 @@ impl FrameReader {
                     so_far.extend_from_slice(&payload);
                     if fin {
                         if let Some((op, all)) = self.fragments.take() {
-                            return Ok(Some(message(op, all)));
+                            return message(op, all).map(Some);
                         }
                     }
                 }
@@ -101,7 +104,7 @@ impl FrameReader {
                         return Err(FrameError::Protocol("new message inside a fragmented one"));
                     }
                     if fin {
-                        return Ok(Some(message(opcode, payload)));
+                        return message(opcode, payload).map(Some);
                     }
                     self.fragments = Some((opcode, payload));
                 }
@@ -158,11 +161,12 @@ impl FrameReader {
     }
 }
 
-fn message(opcode: u8, payload: BytesMut) -> Incoming {
+fn message(opcode: u8, payload: BytesMut) -> Result<Incoming, FrameError> {
     if opcode == TEXT {
-        Incoming::Text
+        std::str::from_utf8(&payload).map_err(|_| FrameError::InvalidText)?;
+        Ok(Incoming::Text(payload.freeze()))
     } else {
-        Incoming::Binary(payload.freeze())
+        Ok(Incoming::Binary(payload.freeze()))
     }
 }
 
@@ -202,6 +206,7 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     }
 }
 
+pub const OP_TEXT: u8 = TEXT;
 pub const OP_BINARY: u8 = BINARY;
 pub const OP_CLOSE: u8 = CLOSE;
 pub const OP_PING: u8 = PING;

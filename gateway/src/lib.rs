@@ -16,7 +16,7 @@
 //! (`connection.rs`) hands client messages to the Session and drains the
 //! bounded [`outbound`] queue, which rooms and presence push to directly.
 
-mod auth;
+pub mod auth;
 mod connection;
 mod frames;
 mod http;

@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
-use crate::{connection, http, Node};
+use crate::connection::{self, Endpoint};
+use crate::{http, Node};
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(mut stream: TcpStream, node: Node) {
@@ -37,7 +38,12 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             return;
         }
     };
-    if head.method != "GET" || head.path != "/ws" {
+    let endpoint = match head.path.as_str() {
+        "/ws" => Endpoint::Ws,
+        "/echo" if node.settings.debug.echo => Endpoint::Echo,
+        _ => return serve_http(stream, buf, node).await,
+    };
+    if head.method != "GET" {
         return serve_http(stream, buf, node).await;
     }
     match accept(&node, &head) {
@@ -47,7 +53,9 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             // connection's life: 3.7 -> 3.0 KiB per idle connection.
             let rest = buf.split_off(head.len);
             drop((buf, head));
-            tokio::spawn(connection::serve(node, stream, rest, response, identity));
+            tokio::spawn(connection::serve(
+                node, stream, rest, response, identity, endpoint,
+            ));
         }
         Err(Refusal {
             status,

@@ -19,7 +19,7 @@ fn upgrade(extra: &str) -> String {
 }
 
 /// Sends `request` and reads what comes back until the server closes.
-async fn exchange(addr: &str, request: &[u8]) -> String {
+async fn exchange_bytes(addr: &str, request: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
     let mut resp = Vec::new();
@@ -27,7 +27,11 @@ async fn exchange(addr: &str, request: &[u8]) -> String {
         .await
         .expect("the server did not close")
         .expect("read");
-    String::from_utf8_lossy(&resp).into_owned()
+    resp
+}
+
+async fn exchange(addr: &str, request: &[u8]) -> String {
+    String::from_utf8_lossy(&exchange_bytes(addr, request).await).into_owned()
 }
 
 #[tokio::test]
@@ -133,4 +137,51 @@ async fn a_client_that_never_sends_its_head_is_disconnected() {
         assert_eq!(n, 0, "closed without an answer");
     }
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [9u8, 8, 7, 6];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+#[tokio::test]
+async fn echo_is_off_by_default_and_echoes_when_on() {
+    let off = Server::start(&[]);
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    assert_eq!(off.http("GET", "/echo", &headers, b"").await.0, 404);
+
+    let on = Server::start(&[("SWITCHBOARD__DEBUG__ECHO", "true")]);
+    let mut req = upgrade("Sec-WebSocket-Version: 13\r\n")
+        .replace("/ws?user=hs", "/echo")
+        .into_bytes();
+    req.extend(masked(0x1, "héllo".as_bytes()));
+    req.extend(masked(0x2, &[0, 1, 2]));
+    req.extend(masked(0x1, &[0xce, 0xba, 0xff]));
+    let r = exchange_bytes(&on.addr, &req).await;
+    let head_end = r
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a 101 head")
+        + 4;
+    assert!(r.starts_with(b"HTTP/1.1 101"));
+    let body = &r[head_end..];
+    let text = "héllo".as_bytes();
+    let mut want = vec![0x81, text.len() as u8];
+    want.extend(text);
+    want.extend([0x82, 3, 0, 1, 2]);
+    // Then a close with 1007: the third message is not UTF-8.
+    want.extend([0x88]);
+    assert_eq!(&body[..want.len()], &want[..], "{r:?}");
+    assert_eq!(
+        &body[want.len() + 1..want.len() + 3],
+        &1007u16.to_be_bytes()
+    );
 }

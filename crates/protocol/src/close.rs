@@ -9,6 +9,9 @@ pub enum CloseCode {
     ProtocolError,
     /// 1003: the client sent a text message; the protocol is binary only.
     UnsupportedData,
+    /// 1007: a text message that is not UTF-8 (`/echo` only: `/ws` refuses
+    /// text altogether).
+    InvalidPayload,
     /// 1008: policy: the client is a slow consumer or sent too many bad frames.
     Policy,
     /// 1009: a message larger than `limits.max_frame_bytes`.
@@ -26,6 +29,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => 1001,
             CloseCode::ProtocolError => 1002,
             CloseCode::UnsupportedData => 1003,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Internal => 1011,
@@ -40,6 +44,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => "heartbeat_timeout",
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::UnsupportedData => "text_frame",
+            CloseCode::InvalidPayload => "invalid_utf8",
             CloseCode::Policy => "policy",
             CloseCode::TooBig => "too_big",
             CloseCode::Internal => "internal",

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The Autobahn WebSocket test cases (run by kosoku) against Switchboard's
+# WebSocket stack: a node with `[debug] echo = true` serves GET /echo through
+# the same upgrade, frame reader, limits and writer as /ws. Compression
+# cases (12.*, 13.*) are excluded: permessage-deflate is not offered.
+#   tests/conformance/run.sh PYTHON SWITCHBOARD_BINARY
+set -euo pipefail
+PY="$1"; BIN="$2"
+cd "$(dirname "$0")/../.."
+"$PY" -m pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
+KOSOKU="$(dirname "$PY")/kosoku"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Autobahn's 9.* cases send messages of up to 16 MiB.
+SWITCHBOARD__HTTP__LISTEN="127.0.0.1:$PORT" SWITCHBOARD__DEBUG__ECHO=true \
+SWITCHBOARD__LIMITS__MAX_FRAME_BYTES=16777216 RUST_LOG=warn "$BIN" & SB=$!
+trap 'kill $SB 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+OUT=target/conformance
+rm -rf "$OUT"
+status=0
+"$KOSOKU" -m fuzzingclient -x '12.*' -x '13.*' -p 2 -o "$OUT" "ws://127.0.0.1:$PORT/echo" || status=$?
+# One line per verdict, e.g. "OK 294, NON-STRICT 4, INFORMATIONAL 3".
+"$PY" - "$OUT/index.json" <<'PYEOF'
+import collections, json, sys
+results = json.load(open(sys.argv[1]))
+verdicts = collections.Counter(c["behavior"] for cases in results.values() for c in cases.values())
+print("conformance: " + ", ".join(f"{k} {v}" for k, v in verdicts.most_common()))
+bad = sorted(k for cases in results.values() for k, c in cases.items()
+             if c["behavior"] not in ("OK", "NON-STRICT", "INFORMATIONAL"))
+if bad:
+    print("failed cases: " + " ".join(bad))
+    sys.exit(1)
+PYEOF
+exit $status
