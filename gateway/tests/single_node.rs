@@ -60,7 +60,19 @@ async fn join_pub_msg_leave_ping(mode: Mode) {
         assert_eq!(m.get("data"), Some(&Value::from("hi")));
     }
     a.leave("lobby").await.unwrap();
-    assert_eq!(b.publish("lobby", 2.into()).await.unwrap(), 2);
+    // The ok names the epoch the offset belongs to.
+    let ok = b
+        .call(vec![
+            ("op", "pub".into()),
+            ("room", "lobby".into()),
+            ("data", 2.into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (ok.str("epoch"), ok.u64("offset")),
+        (Some(epoch.as_str()), Some(2))
+    );
     b.next_op("msg", WAIT).await.unwrap();
     a.ping().await.unwrap();
     assert!(

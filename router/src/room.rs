@@ -50,6 +50,7 @@ pub enum RoomMsg {
     PubAck {
         ack: u64,
         offset: Option<u64>,
+        epoch: String,
     },
     /// (relay) A message sequenced by the home.
     Deliver {
@@ -103,11 +104,11 @@ pub enum PublishReply {
 const MAX_HOPS: u8 = 2;
 
 impl PublishReply {
-    fn send(self, ctx: &RoomContext, room: &str, offset: u64) {
+    fn send(self, ctx: &RoomContext, room: &str, epoch: &str, offset: u64) {
         match self {
             PublishReply::None => {}
             PublishReply::Ok { id, sink } => {
-                sink.push(event::ok_pub(id, offset));
+                sink.push(event::ok_pub(id, epoch, offset));
             }
             PublishReply::Offset(tx) => {
                 let _ = tx.send(offset);
@@ -117,6 +118,7 @@ impl PublishReply {
                     room: room.to_owned(),
                     ack,
                     offset: Some(offset),
+                    epoch: epoch.to_owned(),
                 };
                 ctx.cluster.send(&node, &msg);
             }
@@ -139,6 +141,7 @@ impl PublishReply {
                     room: room.to_owned(),
                     ack,
                     offset: None,
+                    epoch: String::new(),
                 };
                 ctx.cluster.send(&node, &msg);
             }
@@ -275,11 +278,11 @@ impl Actor for Room {
                     subscribers.remove(&node);
                 }
             }
-            RoomMsg::PubAck { ack, offset } => {
+            RoomMsg::PubAck { ack, offset, epoch } => {
                 let reply = state.core.lock().pending.remove(&ack);
                 let name = state.core.lock().name.clone();
                 match (reply, offset) {
-                    (Some(r), Some(o)) => r.send(&state.ctx, &name, o),
+                    (Some(r), Some(o)) => r.send(&state.ctx, &name, &epoch, o),
                     (Some(r), None) => r.fail(&state.ctx, &name),
                     (None, _) => {}
                 }
@@ -508,9 +511,10 @@ fn sequence(state: &mut RoomState, req: PublishRequest) {
     } = &mut *core;
     let name = name.clone();
     let msg_id = req.msg_id.as_deref();
+    let epoch = history.epoch.clone();
     if let Some(offset) = msg_id.and_then(|m| history.offset_of(m)) {
         drop(core);
-        req.reply.send(&state.ctx, &name, offset);
+        req.reply.send(&state.ctx, &name, &epoch, offset);
         return;
     }
     let (offset, ev) = history.append(now, msg_id, |offset| {
@@ -551,7 +555,7 @@ fn sequence(state: &mut RoomState, req: PublishRequest) {
     drop(core);
     metrics::counter!("switchboard_messages_published_total").increment(1);
     metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
-    req.reply.send(&state.ctx, &name, offset);
+    req.reply.send(&state.ctx, &name, &epoch, offset);
 }
 
 fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) -> Wire {

@@ -143,12 +143,15 @@ pub fn ok_join(id: u64, room: &str, epoch: &str, offset: u64, recovered: Option<
 }
 
 /// `ok` to a `pub`: the offset the sequencer assigned.
-pub fn ok_pub(id: u64, offset: u64) -> Bytes {
-    MapWriter::new(3, 32)
+/// `ok` to a `pub`: the offset it was given in the room's `epoch`.
+pub fn ok_pub(id: u64, epoch: &str, offset: u64) -> Bytes {
+    MapWriter::new(4, 48 + epoch.len())
         .key("op")
         .str("ok")
         .key("id")
         .uint(id)
+        .key("epoch")
+        .str(epoch)
         .key("offset")
         .uint(offset)
         .finish()

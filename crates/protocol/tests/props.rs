@@ -235,7 +235,7 @@ proptest! {
             event::hello("c", "n", &user, 30000, 65536),
             event::ok(id),
             event::ok_join(id, &room, "e", offset, Some(true)),
-            event::ok_pub(id, offset),
+            event::ok_pub(id, "e1", offset),
             event::ok_send(id, offset),
             event::ok_presence(id, &room, &users),
             event::pong(id),

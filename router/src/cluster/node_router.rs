@@ -242,8 +242,13 @@ async fn on_cast(cluster: &Cluster, wire: Wire) {
             };
             let _ = rooms.cast(&room, RoomMsg::Publish(Box::new(req))).await;
         }
-        Wire::PubAck { room, ack, offset } => {
-            rooms.cast_if_running(&room, RoomMsg::PubAck { ack, offset });
+        Wire::PubAck {
+            room,
+            ack,
+            offset,
+            epoch,
+        } => {
+            rooms.cast_if_running(&room, RoomMsg::PubAck { ack, offset, epoch });
         }
         Wire::Deliver {
             room,

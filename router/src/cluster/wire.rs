@@ -56,6 +56,9 @@ pub enum Wire {
         room: String,
         ack: u64,
         offset: Option<u64>,
+        /// The home's epoch the offset belongs to.
+        #[serde(default)]
+        epoch: String,
     },
     /// A sequenced message, once per node with members.
     Deliver {
