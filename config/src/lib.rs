@@ -223,6 +223,13 @@ pub struct LimitSettings {
     pub rooms_per_connection: usize,
     /// Time a client has to send a complete request head after connecting.
     pub handshake_timeout_ms: u64,
+    /// New connections accepted per second from one IP address, sustained,
+    /// and in a burst; beyond them the connection gets 429 and is closed.
+    pub connects_per_s_per_address: u32,
+    pub connect_burst_per_address: u32,
+    /// WebSocket pings a client may send per second (twice that in a
+    /// burst); beyond it the connection is closed with 1008.
+    pub pings_per_s: u32,
 }
 
 impl Default for LimitSettings {
@@ -234,6 +241,9 @@ impl Default for LimitSettings {
             publish_burst: 100,
             rooms_per_connection: 100,
             handshake_timeout_ms: 10_000,
+            connects_per_s_per_address: 200,
+            connect_burst_per_address: 400,
+            pings_per_s: 20,
         }
     }
 }
@@ -412,6 +422,15 @@ impl Settings {
                 "limits.handshake_timeout_ms",
                 l.handshake_timeout_ms as usize,
             ),
+            (
+                "limits.connects_per_s_per_address",
+                l.connects_per_s_per_address as usize,
+            ),
+            (
+                "limits.connect_burst_per_address",
+                l.connect_burst_per_address as usize,
+            ),
+            ("limits.pings_per_s", l.pings_per_s as usize),
         ] {
             if v == 0 {
                 return err(key, "must be at least 1".into());

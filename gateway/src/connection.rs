@@ -18,10 +18,16 @@ use crate::frames::{
 };
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
+use crate::ratelimit::TokenBucket;
 use crate::session::{Conn, CLOSE_GRACE};
 
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
+
+/// Bytes written for the client (pongs, echoes) that it has not read yet,
+/// beyond which it is closed as a slow consumer (the outbound queue bounds
+/// events; this bounds what the reader adds itself).
+const MAX_UNSENT: usize = 1 << 20;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,15 +87,12 @@ pub async fn serve(
         conn: conn.clone(),
         node: node.clone(),
     };
-    run(
-        &stream,
-        &mut reader,
-        &conn,
-        hb.interval(),
-        response,
+    let mut inbound = Inbound {
+        reader,
+        pings: TokenBucket::new(limits.pings_per_s, limits.pings_per_s.saturating_mul(2)),
         endpoint,
-    )
-    .await;
+    };
+    run(&stream, &mut inbound, &conn, hb.interval(), response).await;
     drop(guard);
 }
 
@@ -127,14 +130,22 @@ struct Pending {
     closing: bool,
 }
 
+/// The reading side of a connection.
+struct Inbound {
+    reader: FrameReader,
+    /// WebSocket pings the client may still send (`limits.pings_per_s`).
+    pings: TokenBucket,
+    endpoint: Endpoint,
+}
+
 async fn run(
     stream: &TcpStream,
-    reader: &mut FrameReader,
+    inbound: &mut Inbound,
     conn: &Arc<Conn>,
     heartbeat: Duration,
     response: Vec<u8>,
-    endpoint: Endpoint,
 ) {
+    let endpoint = inbound.endpoint;
     let out = &conn.out;
     let mut pending = Pending {
         bytes: response,
@@ -152,7 +163,7 @@ async fn run(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bytes read with the request head.
-    if !handle_messages(reader, conn, &mut pending, endpoint).await {
+    if !handle_messages(inbound, conn, &mut pending).await {
         reading = false;
     }
     loop {
@@ -166,12 +177,12 @@ async fn run(
                 if ready.is_err() {
                     return;
                 }
-                match read_available(stream, reader, out) {
+                match read_available(stream, &mut inbound.reader, out) {
                     Ok(true) => {}
                     // End of stream or a broken socket: the client is gone.
                     Ok(false) | Err(()) => return,
                 }
-                if !handle_messages(reader, conn, &mut pending, endpoint).await {
+                if !handle_messages(inbound, conn, &mut pending).await {
                     reading = false;
                 }
             }
@@ -227,16 +238,16 @@ fn read_available(
 
 /// Handles every complete message read so far; `false` once reading must
 /// stop (the connection is closing).
-async fn handle_messages(
-    reader: &mut FrameReader,
-    conn: &Arc<Conn>,
-    pending: &mut Pending,
-    endpoint: Endpoint,
-) -> bool {
+async fn handle_messages(inbound: &mut Inbound, conn: &Arc<Conn>, pending: &mut Pending) -> bool {
     let out = &conn.out;
-    let echo = endpoint == Endpoint::Echo;
+    let echo = inbound.endpoint == Endpoint::Echo;
     loop {
-        match reader.next() {
+        if pending.bytes.len() - pending.written > MAX_UNSENT {
+            metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            out.close(CloseCode::Policy, "slow consumer");
+            return false;
+        }
+        match inbound.reader.next() {
             Ok(None) => return true,
             Ok(Some(Incoming::Binary(payload))) if echo => {
                 write_frame(&mut pending.bytes, OP_BINARY, &payload);
@@ -250,6 +261,10 @@ async fn handle_messages(
             }
             Ok(Some(Incoming::Binary(payload))) => conn.deliver(payload).await,
             Ok(Some(Incoming::Ping(payload))) => {
+                if !inbound.pings.take(Instant::now()) {
+                    out.close(CloseCode::Policy, "too many pings");
+                    return false;
+                }
                 if !pending.closing {
                     write_frame(&mut pending.bytes, OP_PONG, &payload);
                 }

@@ -65,6 +65,13 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             }
         }
         (&Method::GET, "/metrics") => {
+            // Sampled when scraped: what a leak would show as growth.
+            metrics::gauge!("switchboard_session_actors").set(node.sessions.len() as f64);
+            metrics::gauge!("switchboard_tokio_tasks").set(
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks() as f64,
+            );
             let mut r = text(StatusCode::OK, node.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

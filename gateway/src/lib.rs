@@ -95,12 +95,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 }
 
 async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken) {
+    let limits = &node.settings.limits;
+    let mut per_address = ratelimit::AddressLimiter::new(
+        limits.connects_per_s_per_address,
+        limits.connect_burst_per_address,
+    );
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, typically: back off, keep serving.
@@ -109,6 +114,12 @@ async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken)
                 continue;
             }
         };
+        if !per_address.allow(peer.ip(), std::time::Instant::now()) {
+            ::metrics::counter!("switchboard_connections_refused_total", "reason" => "address_rate")
+                .increment(1);
+            tokio::spawn(upgrade::refuse_busy(stream));
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         tokio::spawn(upgrade::serve(stream, node.clone()));
     }

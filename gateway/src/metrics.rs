@@ -30,6 +30,18 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         "WebSocket connections closed, by reason"
     );
     describe_gauge!("switchboard_rooms", "Rooms with members on this node");
+    describe_gauge!(
+        "switchboard_session_actors",
+        "Session actors running (parked sessions not counted), sampled at scrape"
+    );
+    describe_gauge!(
+        "switchboard_tokio_tasks",
+        "Tasks alive in the node's runtime, sampled at scrape"
+    );
+    describe_counter!(
+        "switchboard_connections_refused_total",
+        "Connections refused before the upgrade, by reason (address_rate)"
+    );
     describe_counter!(
         "switchboard_messages_published_total",
         "Room messages sequenced"

@@ -149,6 +149,27 @@ async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, headers: &str
     let _ = stream.shutdown().await;
 }
 
+/// Answers a connection over `limits.connects_per_s_per_address` with 429
+/// without reading its request, then reads (and drops) what the client sent
+/// for a moment, so that closing does not reset the connection before the
+/// client has read the answer.
+pub async fn refuse_busy(mut stream: TcpStream) {
+    const BODY: &str = "too many connections from this address; retry later\n";
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
 /// Hands the connection to hyper, the bytes already read first.
 async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node) {
     let timeout = node.settings.limits.handshake_timeout();

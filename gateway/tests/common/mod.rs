@@ -114,6 +114,48 @@ impl Server {
         }
     }
 
+    /// The value of one unlabelled metric (or with exactly these labels,
+    /// e.g. `name{reason="x"}`), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics", &[], b"").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` is `want`.
+    pub async fn wait_metric(&self, series: &str, want: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(series).await;
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} is {now}, not {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,191 @@
+//! Clients that misbehave on purpose, against a real process: each one is
+//! refused or closed, and nobody else notices. (Frames at and over the size
+//! limit, deeply nested MessagePack and invalid UTF-8 in room names are in
+//! single_node.rs; a client that never finishes its request head, garbage
+//! and invalid UTF-8 in user ids in handshake.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, WAIT};
+use switchboard_client::{encode_command, ClientError, ConnectOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn a_flood_of_connections_from_one_address_is_refused_with_429() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS", "5"),
+        ("SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS", "10"),
+    ]);
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        match s.connect(ConnectOptions::user(&format!("f{i}"))).await {
+            Ok(c) => open.push(c),
+            Err(ClientError::Refused { status: 429 }) => refused += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    // The burst, plus what refilled meanwhile; the rest refused.
+    assert!((10..=20).contains(&open.len()), "{} accepted", open.len());
+    assert_eq!(open.len() + refused, 40);
+    // Those accepted work; after a pause the address may connect again.
+    open[0].join("r").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.connect(ConnectOptions::user("later")).await.unwrap();
+    assert_eq!(
+        s.metric(r#"switchboard_connections_refused_total{reason="address_rate"}"#)
+            .await,
+        refused as f64
+    );
+}
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// Opens a raw WebSocket to `/ws` and reads past the 101.
+async fn raw_socket(addr: &str) -> TcpStream {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(
+        b"GET /ws?user=flood HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    sock
+}
+
+/// Everything the server sends until it closes the connection.
+async fn read_all(sock: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(WAIT, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server did not close the connection"),
+        }
+    }
+}
+
+/// The close code of the first close frame from the server in `bytes`.
+fn close_code(bytes: &[u8]) -> Option<u16> {
+    let start = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut at = start;
+    while at + 2 <= bytes.len() {
+        let (op, len) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
+        let (len, header) = match len {
+            126 => (
+                usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                4,
+            ),
+            127 => return None,
+            n => (n, 2),
+        };
+        if op == 0x8 {
+            let p = &bytes[at + header..];
+            return Some(u16::from_be_bytes([p[0], p[1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_ping_flood_is_closed_with_1008_and_others_carry_on() {
+    let s = Server::start(&[("SWITCHBOARD__LIMITS__PINGS_PER_S", "10")]);
+    let mut member = s.client("calm").await;
+    member.join("r").await.unwrap();
+
+    let mut flood = raw_socket(&s.addr).await;
+    let ping = masked(0x9, b"are you there");
+    let mut burst = Vec::new();
+    for _ in 0..5000 {
+        burst.extend_from_slice(&ping);
+    }
+    // The server may close before all of it is written.
+    let _ = flood.write_all(&burst).await;
+    let answer = read_all(&mut flood).await;
+    assert_eq!(close_code(&answer), Some(1008));
+
+    member.publish("r", "still here".into()).await.unwrap();
+    assert_eq!(
+        member.next_op("msg", WAIT).await.unwrap().str("from"),
+        Some("calm")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_sends_but_never_reads_is_a_slow_consumer() {
+    // Echo answers every message: a client that never reads them is
+    // closed once 1 MiB is waiting for it, not buffered for ever.
+    let s = Server::start(&[("SWITCHBOARD__DEBUG__ECHO", "true")]);
+    let mut sock = TcpStream::connect(&s.addr).await.unwrap();
+    sock.write_all(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let rss0 = s.rss_kib();
+    let message = masked(0x2, &[7u8; 100]);
+    let mut closed = false;
+    for _ in 0..200_000 {
+        if sock.write_all(&message).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let rss1 = s.rss_kib();
+    assert!(closed, "still accepting after 20 MB it never read");
+    assert!(rss1 < rss0 + 16 * 1024, "{rss0} -> {rss1} KiB");
+    assert!(s.metric("switchboard_slow_consumers_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn many_rooms_on_one_node_and_all_retire_after_the_clients_leave() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__HISTORY__TTL_S", "1"),
+        ("SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS", "1000"),
+    ]);
+    let rss0 = s.rss_kib();
+    let (conns, per_conn) = (40, 100);
+    let mut clients = Vec::new();
+    for c in 0..conns {
+        let mut client = s.client(&format!("u{c}")).await;
+        // One message of 100 joins, answered in order.
+        let mut batch = Vec::new();
+        for r in 0..per_conn {
+            let room = format!("room-{c}-{r}");
+            batch.extend(encode_command(&[
+                ("op", "join".into()),
+                ("id", ((r + 1) as u64).into()),
+                ("room", room.as_str().into()),
+            ]));
+        }
+        client.send_binary(batch).await.unwrap();
+        client.reply(per_conn as u64, WAIT).await.unwrap();
+        clients.push(client);
+    }
+    let rooms = (conns * per_conn) as f64;
+    s.wait_metric("switchboard_rooms", rooms, WAIT).await;
+    let per_room = (s.rss_kib().saturating_sub(rss0)) as f64 / rooms;
+    // A Room actor and its entries (about 16 KiB in a debug build): bounded,
+    // with no per-room buffers sized by the limits.
+    assert!(per_room < 48.0, "{per_room:.1} KiB per room");
+    // Every room still answers.
+    clients[7].publish("room-7-99", "x".into()).await.unwrap();
+
+    drop(clients);
+    s.wait_metric("switchboard_connections", 0.0, WAIT).await;
+    s.wait_metric("switchboard_rooms", 0.0, Duration::from_secs(15))
+        .await;
+    s.wait_metric("switchboard_presence_users", 0.0, WAIT).await;
+}
