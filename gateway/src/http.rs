@@ -72,6 +72,8 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                     .metrics()
                     .num_alive_tasks() as f64,
             );
+            let queued: usize = node.conns.iter().map(|c| c.value().queued()).sum();
+            metrics::gauge!("switchboard_outbound_queued_events").set(queued as f64);
             let mut r = text(StatusCode::OK, node.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -35,6 +35,10 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         "Session actors running (parked sessions not counted), sampled at scrape"
     );
     describe_gauge!(
+        "switchboard_outbound_queued_events",
+        "Events queued for all connections and not yet written, sampled at scrape"
+    );
+    describe_gauge!(
         "switchboard_tokio_tasks",
         "Tasks alive in the node's runtime, sampled at scrape"
     );

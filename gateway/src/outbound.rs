@@ -65,6 +65,11 @@ impl Outbound {
         out
     }
 
+    /// Events queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().events.len()
+    }
+
     /// Records that the client sent something.
     pub fn touch(&self) {
         let ms = epoch().elapsed().as_millis() as u64;
