@@ -88,6 +88,8 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
     ] {
         metrics::counter!("switchboard_connections_closed_total", "reason" => reason).absolute(0);
     }
+    metrics::counter!("switchboard_connections_refused_total", "reason" => "address_rate")
+        .absolute(0);
     metrics::gauge!("switchboard_rooms").set(0.0);
     metrics::counter!("switchboard_messages_published_total").absolute(0);
     metrics::counter!("switchboard_messages_delivered_total").absolute(0);
