@@ -14,7 +14,15 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 SWITCHBOARD__HTTP__LISTEN="127.0.0.1:$PORT" SWITCHBOARD__DEBUG__ECHO=true \
 SWITCHBOARD__LIMITS__MAX_FRAME_BYTES=16777216 RUST_LOG=warn "$BIN" & SB=$!
 trap 'kill $SB 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+"$PY" - "$PORT" <<'PYEOF'
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1)
+        break
+    except Exception:
+        time.sleep(0.1)
+PYEOF
 OUT=target/conformance
 rm -rf "$OUT"
 status=0
