@@ -29,7 +29,10 @@ pub struct Conn {
     pub user: Arc<str>,
     pub out: Arc<Outbound>,
     grants: Option<Arc<RoomGrants>>,
-    joined: Mutex<HashSet<Arc<str>>>,
+    /// Rooms joined (or being joined): for the rooms limit and leaving on
+    /// close. Shared with the rooms, which take a room back out if its join
+    /// is refused after routing.
+    joined: Arc<Mutex<HashSet<Arc<str>>>>,
     bucket: Mutex<TokenBucket>,
     slot: Mutex<Slot>,
     node: Arc<NodeCtx>,
@@ -74,7 +77,7 @@ impl Conn {
             user,
             out,
             grants,
-            joined: Mutex::new(HashSet::new()),
+            joined: Arc::new(Mutex::new(HashSet::new())),
             bucket: Mutex::new(bucket),
             slot: Mutex::new(Slot::default()),
             node,
@@ -213,6 +216,15 @@ impl Conn {
                     },
                     id,
                     since,
+                    refused: Some(Box::new({
+                        let joined = Arc::downgrade(&self.joined);
+                        let room = room.clone();
+                        move || {
+                            if let Some(joined) = joined.upgrade() {
+                                joined.lock().remove(&room);
+                            }
+                        }
+                    })),
                 };
                 if let Err(e) = self
                     .node

@@ -428,9 +428,11 @@ async fn peers_are_found_through_dns() {
 
 #[tokio::test]
 async fn a_room_whose_home_cannot_be_reached_answers_503() {
-    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
+    let env = [("SWITCHBOARD__LIMITS__ROOMS_PER_CONNECTION", "1")];
+    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&env).await;
     let names = ["n1", "n2", "n3"];
     let room = room_homed_on("far", "n2", &names);
+    let near = room_homed_on("near", "n1", &names);
     let mut c = nodes[0].client("c").await;
     // The link to the room's home goes silent; until the watchdog drops the
     // peer, the home is in the view but cannot answer.
@@ -442,6 +444,9 @@ async fn a_room_whose_home_cannot_be_reached_answers_503() {
         }
         other => panic!("{other:?}"),
     }
+    // The refused join does not count against rooms_per_connection (1).
+    c.join(&near).await.unwrap();
+    c.leave(&near).await.unwrap();
     // Once the peer is dropped the room is homed on this side, and works.
     nodes[0].wait_nodes(2, Duration::from_secs(10)).await;
     c.join(&room).await.unwrap();

@@ -61,6 +61,7 @@ fn fanout(c: &mut Criterion) {
                     member,
                     id: 0,
                     since: None,
+                    refused: None,
                 };
                 rooms
                     .cast("lobby", RoomMsg::Join(Box::new(req)))

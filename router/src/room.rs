@@ -69,6 +69,9 @@ pub struct JoinRequest {
     /// The command id to answer; 0 for no `ok`.
     pub id: u64,
     pub since: Option<Since>,
+    /// Called if the join is refused after it was accepted for routing (the
+    /// room's home could not be reached): the session forgets the room.
+    pub refused: Option<Box<dyn FnOnce() + Send>>,
 }
 
 pub struct PublishRequest {
@@ -318,7 +321,12 @@ fn add_member(core: &mut RoomCore, member: Member, delivered: u64) {
 }
 
 async fn join(state: &mut RoomState, req: JoinRequest) {
-    let JoinRequest { member, id, since } = req;
+    let JoinRequest {
+        member,
+        id,
+        since,
+        refused,
+    } = req;
     let name = state.core.lock().name.clone();
     if state.core.lock().members.contains_key(&member.conn) {
         // Already a member: messages have been flowing; nothing to replay.
@@ -416,6 +424,11 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                         }
                         other => {
                             tracing::warn!(room = %name, home = %home, ?other, "subscribe failed");
+                            // Before the answer: the client may send its next
+                            // join as soon as it reads it.
+                            if let Some(refused) = refused {
+                                refused();
+                            }
                             member.sink.push(event::err(
                                 id,
                                 ErrorCode::Unavailable,
