@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -61,22 +64,43 @@ pub fn latency_cdf(rows: &[Value], out: &Path) -> Result<bool> {
     if series.is_empty() {
         return Ok(false);
     }
-    let max_ms = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(ms, _)| *ms))
-        .fold(1.0f64, f64::max);
+    let ms = || series.iter().flat_map(|(_, p)| p.iter().map(|(ms, _)| *ms));
+    let lo = ms().fold(f64::MAX, f64::min);
+    let hi = ms().fold(0.01f64, f64::max);
     let root = SVGBackend::new(out, (SIZE.0, SIZE.1 + 60)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
+    // A linear axis squeezes everything below a tenth of the tail into the
+    // first few pixels once the range spans more than two decades.
+    if hi / lo > 100.0 {
+        let x: LogCoord<f64> = (lo * 0.8..hi * 1.25).log_scale().into();
+        draw_cdf(&root, x, "latency, ms (log scale)", series)?;
+    } else {
+        let x = RangedCoordf64::from(0.0..hi * 1.05);
+        draw_cdf(&root, x, "latency, ms", series)?;
+    }
+    root.present().map_err(err)?;
+    Ok(true)
+}
+
+fn draw_cdf<X>(
+    root: &DrawingArea<SVGBackend, Shift>,
+    x: X,
+    x_desc: &str,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(root)
         .caption("publish-to-delivery latency (CDF)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d((0.01f64..max_ms * 1.2).log_scale(), 0f64..100f64)
+        .build_cartesian_2d(x, 0f64..100f64)
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("latency, ms (log scale)")
+        .x_desc(x_desc)
         .y_desc("percentile")
         .draw()
         .map_err(err)?;
@@ -90,13 +114,14 @@ pub fn latency_cdf(rows: &[Value], out: &Path) -> Result<bool> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        // Curves rise from the lower left; the upper left stays empty
+        // until the fastest run's tail.
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(true)
+    Ok(())
 }
 
 /// Flat-out deliveries/s against the number of members, per system and
@@ -133,6 +158,9 @@ pub fn deliveries_vs_members(rows: &[Value], out: &Path) -> Result<bool> {
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(_, d)| *d))
         .fold(0.1f64, f64::max);
+    // Headroom for the legend (about 7% of the height per entry), which
+    // would otherwise hide the top points at the largest room.
+    let top = max_d * (1.2 + 0.07 * series.len() as f64);
     let root = SVGBackend::new(out, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -140,11 +168,12 @@ pub fn deliveries_vs_members(rows: &[Value], out: &Path) -> Result<bool> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..max_m * 1.1, 0f64..max_d * 1.15)
+        .build_cartesian_2d(0f64..max_m * 1.1, 0f64..top)
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("members in the room")
+        .x_label_formatter(&|m| format!("{m:.0}"))
         .y_desc("M deliveries/s")
         .draw()
         .map_err(err)?;

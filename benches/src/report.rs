@@ -46,16 +46,13 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
         input.display()
     )?;
 
-    // Plots next to the report: `<dir>/benchmarks/*.svg`.
-    let plot_dir = out.with_extension("");
+    // Plots next to the report, linked relative to it so that the Markdown
+    // renders wherever the directory is checked out.
+    let plot_dir = out.parent().unwrap_or(Path::new("")).join("benchmarks");
     std::fs::create_dir_all(&plot_dir)?;
-    let rel = plot_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let plot = |name: &str, drawn: bool| -> String {
         if drawn {
-            format!("![{name}]({rel}/{name}.svg)\n\n")
+            format!("![{name}](benchmarks/{name}.svg)\n\n")
         } else {
             String::new()
         }
@@ -110,7 +107,7 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
         "For the floor, `p99 ms` is the time its one core takes to write one frame to every \
          member: no fan-out of one frame per write reaches its last member sooner.\n"
     )?;
-    fanout_table(&mut md, of("fanout"))?;
+    fanout_table(&mut md, of("fanout"), false)?;
     if of("cross-node").next().is_some() {
         writeln!(
             md,
@@ -118,7 +115,7 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
              three nodes, the publisher on the first; Switchboard as a 3-node cluster, the \
              peer as three Node processes and one redis-server. All on the same 2 cores.\n"
         )?;
-        fanout_table(&mut md, of("cross-node"))?;
+        fanout_table(&mut md, of("cross-node"), true)?;
     }
     writeln!(md)?;
     write!(md, "{}", plot("deliveries-vs-members", members_svg))?;
@@ -269,10 +266,19 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn fanout_table<'a>(md: &mut String, rows: impl Iterator<Item = &'a Value>) -> Result<()> {
+fn fanout_table<'a>(
+    md: &mut String,
+    rows: impl Iterator<Item = &'a Value>,
+    nodes: bool,
+) -> Result<()> {
+    let (nodes_head, nodes_rule) = if nodes {
+        (" nodes |", "---|")
+    } else {
+        ("", "")
+    };
     writeln!(
         md,
-        "| system | pace | members | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms | p99.9 ms | lost | reordered | ping p99 ms under load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| system | pace |{nodes_head} members | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms | p99.9 ms | lost | reordered | ping p99 ms under load |\n|---|---|{nodes_rule}---|---|---|---|---|---|---|---|---|"
     )?;
     for r in rows {
         let p99 = if r["system"] == "floor" {
@@ -280,9 +286,14 @@ fn fanout_table<'a>(md: &mut String, rows: impl Iterator<Item = &'a Value>) -> R
         } else {
             f(r, "p99_ms")
         };
+        let nodes = if nodes {
+            format!(" {} |", f(r, "nodes"))
+        } else {
+            String::new()
+        };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} |{nodes} {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f(r, "system"),
             f(r, "pace"),
             f(r, "members"),
