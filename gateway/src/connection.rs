@@ -24,10 +24,15 @@ use crate::session::{Conn, CLOSE_GRACE};
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
 
-/// Bytes written for the client (pongs, echoes) that it has not read yet,
-/// beyond which it is closed as a slow consumer (the outbound queue bounds
-/// events; this bounds what the reader adds itself).
+/// Unsent bytes (pongs, echoes, events) beyond which the connection stops
+/// reading until the client has taken them: what the reader adds for the
+/// client itself is held back by TCP, not buffered here. (The outbound
+/// queue bounds events on its own, with a slow-consumer close.)
 const MAX_UNSENT: usize = 1 << 20;
+
+/// Bytes read from a socket in one go before they are handled: a client
+/// that sends faster than it is served waits in the kernel's buffers.
+const READ_BUDGET: usize = 256 * 1024;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +135,12 @@ struct Pending {
     closing: bool,
 }
 
+impl Pending {
+    fn unsent(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+}
+
 /// The reading side of a connection.
 struct Inbound {
     reader: FrameReader,
@@ -173,7 +184,7 @@ async fn run(
         let idle_writer = pending.bytes.is_empty();
         tokio::select! {
             biased;
-            ready = stream.readable(), if reading => {
+            ready = stream.readable(), if reading && pending.unsent() < MAX_UNSENT => {
                 if ready.is_err() {
                     return;
                 }
@@ -201,6 +212,13 @@ async fn run(
                 if ready.is_err() || write_available(stream, &mut pending).is_err() {
                     return;
                 }
+                // Messages held back while the client was not reading.
+                if reading
+                    && inbound.reader.buffered() > 0
+                    && !handle_messages(inbound, conn, &mut pending).await
+                {
+                    reading = false;
+                }
             }
             _ = ping.tick(), if !pending.closing => {
                 write_frame(&mut pending.bytes, OP_PING, &[]);
@@ -220,20 +238,26 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Reads everything the socket has; `Ok(false)` at end of stream.
+/// Reads what the socket has, up to [`READ_BUDGET`]; `Ok(false)` at end of
+/// stream.
 fn read_available(
     stream: &TcpStream,
     reader: &mut FrameReader,
     out: &Outbound,
 ) -> Result<bool, ()> {
-    loop {
+    let mut read = 0;
+    while read < READ_BUDGET {
         match reader.read_from(stream) {
             Ok(0) => return Ok(false),
-            Ok(_) => out.touch(),
+            Ok(n) => {
+                read += n;
+                out.touch();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
             Err(_) => return Err(()),
         }
     }
+    Ok(true)
 }
 
 /// Handles every complete message read so far; `false` once reading must
@@ -242,10 +266,9 @@ async fn handle_messages(inbound: &mut Inbound, conn: &Arc<Conn>, pending: &mut 
     let out = &conn.out;
     let echo = inbound.endpoint == Endpoint::Echo;
     loop {
-        if pending.bytes.len() - pending.written > MAX_UNSENT {
-            metrics::counter!("switchboard_slow_consumers_total").increment(1);
-            out.close(CloseCode::Policy, "slow consumer");
-            return false;
+        // The rest waits, parsed later, until the client takes what it has.
+        if pending.unsent() >= MAX_UNSENT {
+            return true;
         }
         match inbound.reader.next() {
             Ok(None) => return true,

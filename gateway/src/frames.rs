@@ -58,6 +58,11 @@ impl FrameReader {
         }
     }
 
+    /// Bytes read and not yet parsed into messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Adds bytes read from the socket.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);

@@ -31,10 +31,15 @@ status=0
 "$PY" - "$OUT/index.json" <<'PYEOF'
 import collections, json, sys
 results = json.load(open(sys.argv[1]))
-verdicts = collections.Counter(c["behavior"] for cases in results.values() for c in cases.values())
-print("conformance: " + ", ".join(f"{k} {v}" for k, v in verdicts.most_common()))
-bad = sorted(k for cases in results.values() for k, c in cases.items()
-             if c["behavior"] not in ("OK", "NON-STRICT", "INFORMATIONAL"))
+cases = {k: c for per_agent in results.values() for k, c in per_agent.items()}
+verdicts = collections.Counter(c["behavior"] for c in cases.values())
+closes = collections.Counter(c["behaviorClose"] for c in cases.values())
+print(f"conformance: {len(cases)} cases; behavior "
+      + ", ".join(f"{k} {v}" for k, v in verdicts.most_common())
+      + "; close " + ", ".join(f"{k} {v}" for k, v in closes.most_common()))
+good = ("OK", "NON-STRICT", "INFORMATIONAL")
+bad = sorted(k for k, c in cases.items()
+             if c["behavior"] not in good or c["behaviorClose"] not in good)
 if bad:
     print("failed cases: " + " ".join(bad))
     sys.exit(1)
