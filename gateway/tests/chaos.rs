@@ -23,8 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::proxy::FaultProxy;
-use common::{free_port, Server};
+use common::Server;
 use rmpv::Value;
 use switchboard_client::{encode_command, Client, ClientError, ConnectOptions, Field};
 use tokio::sync::watch;
@@ -98,19 +97,7 @@ async fn chaos() {
         ("SWITCHBOARD__HISTORY__SIZE", "10000"),
     ];
     // n1 and n2 reach each other only through fault proxies.
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let to_n1 = FaultProxy::start(ports[0]).await;
-    let to_n2 = FaultProxy::start(ports[1]).await;
-    let (p1, p2) = (to_n1.port, to_n2.port);
-    let mut nodes = common::cluster_on(&ports, &env, |i, ports| match i {
-        0 => vec![format!("127.0.0.1:{p2}"), format!("127.0.0.1:{}", ports[2])],
-        1 => vec![format!("127.0.0.1:{p1}"), format!("127.0.0.1:{}", ports[2])],
-        _ => vec![
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        ],
-    })
-    .await;
+    let (mut nodes, to_n1, to_n2) = common::cluster_with_proxied_link(&env).await;
     let addrs: Addrs = Arc::new(Mutex::new(
         nodes.iter().map(|n| Some(n.addr.clone())).collect(),
     ));

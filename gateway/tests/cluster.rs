@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
 use common::{cluster3, Server, WAIT};
 use rmpv::Value;
 use switchboard_client::{Client, Field};
@@ -290,7 +289,7 @@ async fn kill_9_a_node_then_restart_it() {
 #[tokio::test]
 async fn a_partition_keeps_both_sides_serving_and_heals() {
     // n1 <-> n2 goes through fault proxies (both directions); n3 reaches both.
-    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
+    let (nodes, to_n1, to_n2) = common::cluster_with_proxied_link(&[]).await;
     let mut watchers = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let mut w = n.client(&format!("w{}", i + 1)).await;
@@ -368,28 +367,9 @@ async fn a_partition_keeps_both_sides_serving_and_heals() {
     }
 }
 
-/// Starts n1, n2, n3 where n1 and n2 reach each other only through the two
-/// proxies (one per direction) and n3 reaches both directly.
-async fn cluster_with_proxied_link(env: &[(&str, &str)]) -> (Vec<Server>, FaultProxy, FaultProxy) {
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let to_n2 = FaultProxy::start(ports[1]).await;
-    let to_n1 = FaultProxy::start(ports[0]).await;
-    let (p1, p2) = (to_n1.port, to_n2.port);
-    let nodes = common::cluster_on(&ports, env, |i, ports| match i {
-        0 => vec![format!("127.0.0.1:{p2}"), format!("127.0.0.1:{}", ports[2])],
-        1 => vec![format!("127.0.0.1:{p1}"), format!("127.0.0.1:{}", ports[2])],
-        _ => vec![
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        ],
-    })
-    .await;
-    (nodes, to_n1, to_n2)
-}
-
 #[tokio::test]
 async fn a_silent_partition_is_detected_by_the_watchdog_and_heals() {
-    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&[]).await;
+    let (nodes, to_n1, to_n2) = common::cluster_with_proxied_link(&[]).await;
     // The link stays open but carries nothing: no TCP error to notice.
     let started = std::time::Instant::now();
     to_n1.blackhole();
@@ -429,7 +409,7 @@ async fn peers_are_found_through_dns() {
 #[tokio::test]
 async fn a_room_whose_home_cannot_be_reached_answers_503() {
     let env = [("SWITCHBOARD__LIMITS__ROOMS_PER_CONNECTION", "1")];
-    let (nodes, to_n1, to_n2) = cluster_with_proxied_link(&env).await;
+    let (nodes, to_n1, to_n2) = common::cluster_with_proxied_link(&env).await;
     let names = ["n1", "n2", "n3"];
     let room = room_homed_on("far", "n2", &names);
     let near = room_homed_on("near", "n1", &names);

@@ -313,6 +313,27 @@ pub async fn cluster_on(
     nodes
 }
 
+/// Starts n1, n2, n3 where n1 and n2 reach each other only through the two
+/// proxies (one per direction) and n3 reaches both directly.
+pub async fn cluster_with_proxied_link(
+    env: &[(&str, &str)],
+) -> (Vec<Server>, proxy::FaultProxy, proxy::FaultProxy) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let to_n2 = proxy::FaultProxy::start(ports[1]).await;
+    let to_n1 = proxy::FaultProxy::start(ports[0]).await;
+    let (p1, p2) = (to_n1.port, to_n2.port);
+    let nodes = cluster_on(&ports, env, |i, ports| match i {
+        0 => vec![format!("127.0.0.1:{p2}"), format!("127.0.0.1:{}", ports[2])],
+        1 => vec![format!("127.0.0.1:{p1}"), format!("127.0.0.1:{}", ports[2])],
+        _ => vec![
+            format!("127.0.0.1:{}", ports[0]),
+            format!("127.0.0.1:{}", ports[1]),
+        ],
+    })
+    .await;
+    (nodes, to_n1, to_n2)
+}
+
 /// Three nodes seeded with each other.
 pub async fn cluster3(env: &[(&str, &str)]) -> Vec<Server> {
     cluster_with(3, env, |_, ports| {
