@@ -132,21 +132,28 @@ fn accept(node: &Node, head: &RequestHead) -> Result<(Identity, Vec<u8>), Refusa
 
 /// Answers with a status and a one-line reason, and closes.
 async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, headers: &str) {
+    let _ = stream
+        .write_all(closing_response(status, reason, headers).as_bytes())
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// A plain-text answer, one line, after which the connection closes.
+fn closing_response(status: u16, reason: &str, headers: &str) -> String {
     let text = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let response = format!(
+    format!(
         "HTTP/1.1 {status} {text}\r\ncontent-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\nconnection: close\r\n{headers}\r\n{reason}\n",
         reason.len() + 1
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    )
 }
 
 /// Answers a connection over `limits.connects_per_s_per_address` with 429
@@ -154,11 +161,10 @@ async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, headers: &str
 /// for a moment, so that closing does not reset the connection before the
 /// client has read the answer.
 pub async fn refuse_busy(mut stream: TcpStream) {
-    const BODY: &str = "too many connections from this address; retry later\n";
-    let response = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+    let response = closing_response(
+        429,
+        "too many connections from this address; retry later",
+        "retry-after: 1\r\n",
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         stream.write_all(response.as_bytes()).await?;
