@@ -81,6 +81,19 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             );
             r
         }
+        (&Method::GET, "/api/node") => match check_api_key(&node, &req) {
+            Err(r) => *r,
+            Ok(()) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "node": node.settings.node.name,
+                    "cluster_addr": node.cluster_addr.map(|a| a.to_string()),
+                    "nodes": node.cluster.view().nodes(),
+                    "ready": node.is_ready(),
+                    "draining": node.draining.load(Ordering::SeqCst),
+                }),
+            ),
+        },
         (&Method::POST, "/api/publish") => match check_api_key(&node, &req) {
             Err(r) => *r,
             Ok(()) => publish(node, req).await,

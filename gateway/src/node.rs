@@ -11,10 +11,11 @@ use switchboard_config::Settings;
 use switchboard_presence::PresenceHandle;
 use switchboard_protocol::{CloseCode, ConnId, EventSink};
 
-use switchboard_presence::PeerLink;
-use switchboard_router::cluster::wire::Wire;
-use switchboard_router::cluster::{Cluster, ClusterApp};
-use switchboard_router::{Member, MembershipObserver, RoomSettings, RoomSupervisor, Rooms};
+use switchboard_cluster::{Cluster, Inbound};
+use switchboard_presence::{PeerLink, PresenceWire};
+use switchboard_router::{
+    Member, MembershipObserver, RoomSettings, RoomSupervisor, RoomWire, Rooms,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -28,6 +29,8 @@ pub struct NodeCtx {
     pub rooms: Rooms,
     pub presence: PresenceHandle,
     pub cluster: Cluster,
+    /// Where the cluster listener is bound (`cluster.listen` may name port 0).
+    pub cluster_addr: Option<std::net::SocketAddr>,
     pub auth: Authenticator,
     /// Open connections, for draining.
     pub conns: DashMap<ConnId, Arc<Outbound>>,
@@ -58,42 +61,80 @@ impl MembershipObserver for PresenceObserver {
 /// Presence replicates to peers over the cluster.
 struct ClusterLink(Cluster);
 
-impl PeerLink for ClusterLink {
-    fn send(&self, node: &str, payload: Vec<u8>) {
-        let msg = Wire::Presence {
+impl ClusterLink {
+    fn wire(&self, payload: Vec<u8>) -> Vec<u8> {
+        PresenceWire::Presence {
             node: self.0.me().to_string(),
-            payload: payload.into(),
-        };
-        self.0.send(node, &msg);
-    }
-
-    fn broadcast(&self, payload: Vec<u8>) {
-        let msg = Wire::Presence {
-            node: self.0.me().to_string(),
-            payload: payload.into(),
-        };
-        self.0.broadcast(&msg);
+            payload,
+        }
+        .encode()
     }
 }
 
-/// The cluster reaches presence through this.
-struct PresenceApp(PresenceHandle);
+impl PeerLink for ClusterLink {
+    fn send(&self, node: &str, payload: Vec<u8>) {
+        self.0.send(node, self.wire(payload));
+    }
 
-impl ClusterApp for PresenceApp {
+    fn broadcast(&self, payload: Vec<u8>) {
+        self.0.broadcast(&self.wire(payload));
+    }
+}
+
+/// What arrives from peers goes to rooms or presence, by message variant.
+struct App {
+    rooms: Rooms,
+    presence: PresenceHandle,
+}
+
+impl Inbound for App {
+    async fn cast(&self, variant: &str, bytes: Vec<u8>) {
+        if RoomWire::owns(variant) {
+            self.rooms.on_cast(&bytes).await;
+        } else if PresenceWire::owns(variant) {
+            self.presence.on_cast(&bytes);
+        } else {
+            tracing::warn!(variant, "refused a cluster message nobody here owns");
+        }
+    }
+
+    async fn call(&self, variant: &str, bytes: Vec<u8>) -> Vec<u8> {
+        if RoomWire::owns(variant) {
+            self.rooms.on_call(&bytes).await
+        } else if PresenceWire::owns(variant) {
+            self.presence.on_call(&bytes)
+        } else {
+            tracing::warn!(variant, "refused a cluster call nobody here owns");
+            switchboard_cluster::wire::encode(&switchboard_cluster::wire::Control::Error {
+                reason: format!("unknown message {variant}"),
+            })
+        }
+    }
+
     fn peer_up(&self, node: &str) {
-        self.0.peer_up(node);
+        self.rooms.view_changed();
+        self.presence.peer_up(node);
     }
 
     fn peer_down(&self, node: &str) {
-        self.0.peer_down(node);
+        self.rooms.view_changed();
+        self.presence.peer_down(node);
     }
+}
 
-    fn presence(&self, node: &str, payload: &[u8]) {
-        self.0.remote(node, payload);
-    }
-
-    fn dm(&self, to: &str, event: switchboard_protocol::Bytes) -> u64 {
-        self.0.send(to, &event)
+/// Asks `node` to deliver a direct message to `to`'s connections there;
+/// how many connections got it.
+pub async fn dm_remote(cluster: &Cluster, node: &str, to: &str, event: &[u8]) -> u64 {
+    let req = PresenceWire::Dm {
+        to: to.to_owned(),
+        event: event.to_vec(),
+    };
+    match cluster.call(node, req.encode()).await {
+        Some(answer) => match PresenceWire::decode(&answer) {
+            Ok(PresenceWire::Delivered { count }) => count,
+            _ => 0,
+        },
+        None => 0,
     }
 }
 
@@ -186,7 +227,6 @@ pub async fn start(
     let (presence, _) = PresenceHandle::start(hb.timeout(), sweep, Some(link), Some(root.clone()))
         .await
         .map_err(|e| spawn_err("presence", &e))?;
-    cluster.set_app(Arc::new(PresenceApp(presence.clone())));
 
     let room_settings = RoomSettings {
         history_size: settings.history.size,
@@ -198,9 +238,10 @@ pub async fn start(
         RoomSupervisor::start(room_settings, cluster.clone(), observer, Some(root.clone()))
             .await
             .map_err(|e| spawn_err("rooms", &e))?;
+    let mut cluster_addr = None;
     if let Some(listen) = settings.cluster.listen {
         let c = &settings.cluster;
-        let membership = switchboard_router::cluster::ClusterSettings {
+        let membership = switchboard_cluster::ClusterSettings {
             listen,
             advertise: c
                 .advertise
@@ -210,15 +251,21 @@ pub async fn start(
             dns: c.dns.clone(),
             cookie: c.cookie.clone(),
         };
-        switchboard_router::cluster::start(
+        let app = Arc::new(App {
+            rooms: rooms.clone(),
+            presence: presence.clone(),
+        });
+        let (_, bound) = switchboard_cluster::start(
             cluster.clone(),
             membership,
+            app,
             root.clone(),
             shutdown.clone(),
         )
         .await
         .map_err(|e| spawn_err("cluster", &e))?;
-        tracing::info!(%listen, "cluster listener started");
+        tracing::info!(addr = %bound, "cluster listening");
+        cluster_addr = Some(bound);
     }
 
     let sessions = Arc::new(DashMap::new());
@@ -232,6 +279,7 @@ pub async fn start(
         rooms,
         presence,
         cluster,
+        cluster_addr,
         auth,
         conns: DashMap::new(),
         sessions,

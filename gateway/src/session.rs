@@ -289,7 +289,9 @@ impl Conn {
                 let mut calls = tokio::task::JoinSet::new();
                 for node in self.node.presence.nodes_of(&to) {
                     let (cluster, to, dm) = (self.node.cluster.clone(), to.clone(), dm.clone());
-                    calls.spawn(async move { cluster.dm(&node, &to, &dm).await });
+                    calls.spawn(
+                        async move { crate::node::dm_remote(&cluster, &node, &to, &dm).await },
+                    );
                 }
                 while let Some(n) = calls.join_next().await {
                     delivered += n.unwrap_or(0);

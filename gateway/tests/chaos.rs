@@ -140,7 +140,7 @@ async fn chaos() {
         nodes[2].kill9();
         faults.kills += 1;
         tokio::time::sleep(Duration::from_secs(4)).await;
-        nodes[2].restart();
+        common::restart(&mut nodes, 2);
         set_addr(2, Some(nodes[2].addr.clone()));
         wait_all(&nodes).await;
         tokio::time::sleep(calm).await;

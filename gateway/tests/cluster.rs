@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{cluster3, Server, WAIT};
 use rmpv::Value;
 use switchboard_client::{Client, Field};
-use switchboard_router::cluster::rendezvous;
+use switchboard_cluster::rendezvous;
 
 const FAST: &[(&str, &str)] = &[
     ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
@@ -272,7 +272,7 @@ async fn kill_9_a_node_then_restart_it() {
     assert_eq!(msgs(&mut m1, 1).await[0].2, Value::from("rehomed"));
 
     // The node comes back, rejoins, and its members receive again.
-    nodes[2].restart();
+    common::restart(&mut nodes, 2);
     for n in &nodes {
         n.wait_nodes(3, Duration::from_secs(20)).await;
     }
@@ -388,20 +388,22 @@ async fn a_silent_partition_is_detected_by_the_watchdog_and_heals() {
 
 #[tokio::test]
 async fn peers_are_found_through_dns() {
-    let ports: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let name = format!("d{}", i + 1);
-        let listen = format!("127.0.0.1:{}", ports[i]);
-        // `localhost` resolves to this machine: each node finds the other by name.
-        let dns = format!("localhost:{}", ports[1 - i]);
-        nodes.push(Server::start(&[
-            ("SWITCHBOARD__NODE__NAME", &name),
-            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
-            ("SWITCHBOARD__CLUSTER__DNS", &dns),
-        ]));
-    }
-    for n in &nodes {
+    let cookie = common::cookie();
+    let base = [
+        ("SWITCHBOARD__CLUSTER__LISTEN", "127.0.0.1:0"),
+        ("SWITCHBOARD__CLUSTER__COOKIE", cookie.as_str()),
+    ];
+    let mut d1_env = base.to_vec();
+    d1_env.push(("SWITCHBOARD__NODE__NAME", "d1"));
+    let d1 = Server::start(&d1_env);
+    // `localhost` resolves to this machine: d2 finds d1 by name (d1's port
+    // is known only once it runs, so the lookup goes one way).
+    let dns = format!("localhost:{}", common::cluster_port(&d1));
+    let mut d2_env = base.to_vec();
+    d2_env.push(("SWITCHBOARD__NODE__NAME", "d2"));
+    d2_env.push(("SWITCHBOARD__CLUSTER__DNS", &dns));
+    let d2 = Server::start(&d2_env);
+    for n in [&d1, &d2] {
         n.wait_nodes(2, Duration::from_secs(20)).await;
     }
 }

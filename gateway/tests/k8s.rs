@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, http, Server};
+use common::{http, Server};
 use serde_yaml::Value;
 
 fn manifest(name: &str) -> Value {
@@ -48,24 +48,27 @@ async fn the_manifests_configuration_forms_a_cluster() {
         .unwrap()
         .to_owned();
     assert!(toml.contains("dns = \"switchboard-peers:7100\""));
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let seeds = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cookie = common::cookie();
     let dir = std::env::temp_dir().join(format!("sb-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut nodes = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
+    let mut nodes: Vec<Server> = Vec::new();
+    for i in 0..3 {
         let pod = format!("switchboard-{i}");
         let file = dir.join(format!("{pod}.toml"));
+        // Port 0, and the pods started before this one as seeds, in place
+        // of the headless Service's DNS name.
         let config = toml
-            .replace("0.0.0.0:7100", &format!("127.0.0.1:{port}"))
+            .replace("0.0.0.0:7100", "127.0.0.1:0")
             .replace("dns = \"switchboard-peers:7100\"", "");
         std::fs::write(&file, config).unwrap();
+        let seeds = nodes
+            .iter()
+            .filter_map(|n| n.cluster_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut env = pod_env(&pod);
-        env.push(("SWITCHBOARD__CLUSTER__SEEDS".into(), seeds.clone()));
+        env.push(("SWITCHBOARD__CLUSTER__SEEDS".into(), seeds));
+        env.push(("SWITCHBOARD__CLUSTER__COOKIE".into(), cookie.clone()));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         nodes
             .push(Server::start_with(&env, file.to_str()).unwrap_or_else(|e| panic!("{pod}: {e}")));

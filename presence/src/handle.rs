@@ -9,6 +9,7 @@ use switchboard_protocol::{Bytes, ConnId, EventSink};
 
 use crate::actor::{Presence, PresenceArgs, PresenceMsg};
 use crate::replication::PeerLink;
+use crate::replication::PresenceWire;
 use crate::PresenceError;
 
 /// user -> that user's connections on this node.
@@ -127,6 +128,31 @@ impl PresenceHandle {
                 .filter(|(_, sink)| sink.push(event.clone()))
                 .count() as u64
         })
+    }
+
+    /// A presence message from a peer (see [`PresenceWire`]).
+    pub fn on_cast(&self, bytes: &[u8]) {
+        match PresenceWire::decode(bytes) {
+            Ok(PresenceWire::Presence { node, payload }) => self.remote(&node, &payload),
+            Ok(other) => tracing::warn!(?other, "refused a presence message that is not a cast"),
+            Err(e) => tracing::warn!(error = %e, "refused an undecodable presence message"),
+        }
+    }
+
+    /// A presence request from a peer (a direct message); the encoded answer.
+    pub fn on_call(&self, bytes: &[u8]) -> Vec<u8> {
+        let count = match PresenceWire::decode(bytes) {
+            Ok(PresenceWire::Dm { to, event }) => self.send(&to, &Bytes::from(event)),
+            Ok(other) => {
+                tracing::warn!(?other, "refused a presence message that is not a call");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused an undecodable presence message");
+                0
+            }
+        };
+        PresenceWire::Delivered { count }.encode()
     }
 
     /// Distinct users online on this node.

@@ -17,7 +17,7 @@ mod replication;
 
 pub use actor::{Presence, PresenceMsg};
 pub use handle::PresenceHandle;
-pub use replication::{PeerLink, Replication};
+pub use replication::{PeerLink, PresenceWire, Replication};
 
 /// Errors at the presence boundary.
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,44 @@ impl Replication {
     }
 }
 
+/// What presence sends peer nodes, framed as `switchboard_cluster::wire`
+/// says: variant names route it, fields are named. The variants and fields
+/// are those of the first release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PresenceWire {
+    /// Replication: an encoded [`Replication`].
+    Presence {
+        node: String,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A direct message for `to`'s connections on the receiving node (a
+    /// call, answered by `Delivered`).
+    Dm {
+        to: String,
+        #[serde(with = "serde_bytes")]
+        event: Vec<u8>,
+    },
+    Delivered {
+        count: u64,
+    },
+}
+
+impl PresenceWire {
+    /// Whether a message with this variant name is presence's.
+    pub fn owns(variant: &str) -> bool {
+        matches!(variant, "Presence" | "Dm" | "Delivered")
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
 /// How presence reaches its peers (the gateway wires it to the cluster).
 pub trait PeerLink: Send + Sync + 'static {
     fn send(&self, node: &str, payload: Vec<u8>);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use switchboard_cluster::Cluster;
 use switchboard_protocol::{Bytes, CloseCode, ConnId, EventSink};
-use switchboard_router::cluster::Cluster;
 use switchboard_router::{
     JoinRequest, Member, MembershipObserver, PublishReply, PublishRequest, RoomMsg, RoomSettings,
     RoomSupervisor,

@@ -11,18 +11,19 @@
 //! offsets, history and members, and replays to each member what the crash
 //! kept from it.
 
-pub mod cluster;
 mod history;
 mod member;
 mod room;
 mod rooms;
 mod supervisor;
+pub mod wire;
 
 pub use member::{Member, MembershipObserver};
 pub use room::{JoinRequest, PublishReply, PublishRequest, Room, RoomMsg};
 pub use rooms::{RoomSettings, Rooms};
 pub use supervisor::{RoomSupervisor, RoomSupervisorMsg};
 pub use switchboard_protocol::ConnId;
+pub use wire::RoomWire;
 
 /// Errors at the router's boundary.
 #[derive(Debug, thiserror::Error)]

@@ -15,11 +15,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
 use switchboard_protocol::{event, Bytes, CloseCode, ConnId, ErrorCode, EventSink, Since};
 
-use crate::cluster::wire::{SinceWire, Wire};
-use crate::cluster::{node_router, Home};
+use switchboard_cluster::Home;
+
 use crate::history::{History, Recovery};
 use crate::member::Member;
 use crate::rooms::RoomContext;
+use crate::wire::{RoomWire, SinceWire};
 
 /// Messages a Room handles. Rare, large requests are boxed to keep every
 /// queued message small.
@@ -40,7 +41,7 @@ pub enum RoomMsg {
     Subscribe {
         node: Arc<str>,
         since: Option<SinceWire>,
-        reply: tokio::sync::oneshot::Sender<Wire>,
+        reply: tokio::sync::oneshot::Sender<RoomWire>,
     },
     /// (home) A node has no members left.
     Unsubscribe {
@@ -117,13 +118,13 @@ impl PublishReply {
                 let _ = tx.send(offset);
             }
             PublishReply::Remote { node, ack } => {
-                let msg = Wire::PubAck {
+                let msg = RoomWire::PubAck {
                     room: room.to_owned(),
                     ack,
                     offset: Some(offset),
                     epoch: epoch.to_owned(),
                 };
-                ctx.cluster.send(&node, &msg);
+                ctx.cluster.send(&node, msg.encode());
             }
         }
     }
@@ -140,13 +141,13 @@ impl PublishReply {
                 ));
             }
             PublishReply::Remote { node, ack } => {
-                let msg = Wire::PubAck {
+                let msg = RoomWire::PubAck {
                     room: room.to_owned(),
                     ack,
                     offset: None,
                     epoch: String::new(),
                 };
-                ctx.cluster.send(&node, &msg);
+                ctx.cluster.send(&node, msg.encode());
             }
         }
     }
@@ -366,7 +367,7 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
             }
             add_member(&mut core, member.clone(), last);
         }
-        Home::Remote(home, router) => {
+        Home::Remote(home) => {
             // A relay that is subscribed answers a plain join itself.
             let local = match &state.core.lock().mode {
                 Mode::Relay {
@@ -391,13 +392,19 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                         offset: s.offset,
                     });
                     let me = state.ctx.cluster.me().clone();
-                    match node_router::subscribe(&router, &name, &me, since_wire).await {
-                        Some(Wire::Subscribed {
+                    let req = RoomWire::Subscribe {
+                        room: name.to_string(),
+                        node: me.to_string(),
+                        since: since_wire,
+                    };
+                    let answer = state.ctx.cluster.call(&home, req.encode()).await;
+                    match answer.map(|a| RoomWire::decode(&a)) {
+                        Some(Ok(RoomWire::Subscribed {
                             epoch,
                             offset,
                             recovered,
                             replay,
-                        }) => {
+                        })) => {
                             let mut core = state.core.lock();
                             let keep = matches!(&core.mode, Mode::Relay { home: h, epoch: e, .. } if *h == home && *e == epoch);
                             if !keep {
@@ -458,11 +465,11 @@ fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSin
     if core.members.is_empty() {
         metrics::gauge!("switchboard_rooms").decrement(1.0);
         if let Mode::Relay { home, .. } = &core.mode {
-            let msg = Wire::Unsubscribe {
+            let msg = RoomWire::Unsubscribe {
                 room: name.to_string(),
                 node: state.ctx.cluster.me().to_string(),
             };
-            state.ctx.cluster.send(home, &msg);
+            state.ctx.cluster.send(home, msg.encode());
             core.mode = Mode::Idle;
         }
     }
@@ -474,7 +481,7 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
     let name = state.core.lock().name.clone();
     match state.ctx.cluster.home(&name) {
         Home::Local => sequence(state, req),
-        Home::Remote(home, router) => {
+        Home::Remote(home) => {
             if req.hops >= MAX_HOPS {
                 req.reply.fail(&state.ctx, &name);
                 return;
@@ -491,7 +498,7 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
                     (state.ctx.cluster.me().clone(), Some(ack))
                 }
             };
-            let msg = Wire::Publish {
+            let msg = RoomWire::Publish {
                 room: name.to_string(),
                 from: req.from.to_string(),
                 data: ByteBuf::from(req.data.to_vec()),
@@ -500,7 +507,7 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
                 ack,
                 hops: req.hops + 1,
             };
-            if !crate::cluster::cast(&router, &msg) {
+            if !state.ctx.cluster.send(&home, msg.encode()) {
                 tracing::warn!(room = %name, home = %home, "cannot reach the home");
                 let failed = ack.and_then(|a| state.core.lock().pending.remove(&a));
                 if let Some(r) = failed {
@@ -543,26 +550,14 @@ fn sequence(state: &mut RoomState, req: PublishRequest) {
     if let Mode::Home { subscribers } = mode {
         if !subscribers.is_empty() {
             // Encoded once, sent once per node with members.
-            let bytes = Wire::Deliver {
+            let bytes = RoomWire::Deliver {
                 room: name.to_string(),
                 epoch: history.epoch.clone(),
                 offset,
                 event: ByteBuf::from(ev.to_vec()),
             }
             .encode();
-            subscribers.retain(|node| match state.ctx.cluster.router(node) {
-                Some(r) => {
-                    let sent = r
-                        .cast(crate::cluster::NodeRouterMsg::Cast(bytes.clone()))
-                        .is_ok();
-                    if sent {
-                        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out")
-                            .increment(1);
-                    }
-                    sent
-                }
-                None => false,
-            });
+            subscribers.retain(|node| state.ctx.cluster.send(node, bytes.clone()));
         }
     }
     drop(core);
@@ -571,10 +566,10 @@ fn sequence(state: &mut RoomState, req: PublishRequest) {
     req.reply.send(&state.ctx, &name, &epoch, offset);
 }
 
-fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) -> Wire {
+fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) -> RoomWire {
     let name = state.core.lock().name.clone();
     if !matches!(state.ctx.cluster.home(&name), Home::Local) {
-        return Wire::Error {
+        return RoomWire::Error {
             reason: format!("{} is not the home of {name}", state.ctx.cluster.me()),
         };
     }
@@ -597,7 +592,7 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
             Recovery::Lost => (Some(false), Vec::new()),
         },
     };
-    Wire::Subscribed {
+    RoomWire::Subscribed {
         epoch: history.epoch.clone(),
         offset: history.last_offset(),
         recovered,
@@ -655,7 +650,7 @@ fn view_changed(state: &mut RoomState) {
     let home = state.ctx.cluster.home(&name);
     let moved = match (&core.mode, &home) {
         (Mode::Home { .. }, Home::Remote(..)) => true,
-        (Mode::Relay { home: h, .. }, Home::Remote(now, _)) => h != now,
+        (Mode::Relay { home: h, .. }, Home::Remote(now)) => h != now,
         (Mode::Relay { .. }, Home::Local) => true,
         _ => false,
     };

@@ -7,11 +7,13 @@ use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr};
 
-use crate::cluster::wire::{SinceWire, Wire};
-use crate::cluster::Cluster;
+use switchboard_cluster::Cluster;
+use switchboard_protocol::Bytes;
+
 use crate::member::MembershipObserver;
-use crate::room::RoomMsg;
+use crate::room::{PublishReply, PublishRequest, RoomMsg};
 use crate::supervisor::RoomSupervisorMsg;
+use crate::wire::{RoomWire, SinceWire};
 use crate::RouterError;
 
 /// What rooms are configured with.
@@ -128,24 +130,110 @@ impl Rooms {
     }
 
     /// (home) Subscribes `node` to `room`; the answer for the subscriber.
-    pub(crate) async fn subscribe(
+    async fn subscribe(
         &self,
         room: &str,
         node: Arc<str>,
         since: Option<SinceWire>,
-    ) -> Result<Wire, RouterError> {
+    ) -> Result<RoomWire, RouterError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.cast(room, RoomMsg::Subscribe { node, since, reply })
             .await?;
-        tokio::time::timeout(crate::cluster::CALL_TIMEOUT, rx)
+        tokio::time::timeout(switchboard_cluster::CALL_TIMEOUT, rx)
             .await
             .ok()
             .and_then(Result::ok)
             .ok_or_else(|| RouterError::Timeout(room.to_owned()))
     }
 
-    /// Every running room re-checks its home.
-    pub(crate) fn view_changed(&self) {
+    /// A rooms' message from a peer (see [`RoomWire`]).
+    pub async fn on_cast(&self, bytes: &[u8]) {
+        let wire = match RoomWire::decode(bytes) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused an undecodable room message");
+                return;
+            }
+        };
+        match wire {
+            RoomWire::Unsubscribe { room, node } => {
+                self.cast_if_running(&room, RoomMsg::Unsubscribe { node: node.into() });
+            }
+            RoomWire::Publish {
+                room,
+                from,
+                data,
+                msg_id,
+                origin,
+                ack,
+                hops,
+            } => {
+                let reply = match ack {
+                    Some(ack) => PublishReply::Remote {
+                        node: origin.into(),
+                        ack,
+                    },
+                    None => PublishReply::None,
+                };
+                let req = PublishRequest {
+                    from: from.into(),
+                    data: Bytes::from(data.into_vec()),
+                    msg_id,
+                    reply,
+                    hops,
+                };
+                if let Err(e) = self.cast(&room, RoomMsg::Publish(Box::new(req))).await {
+                    tracing::warn!(room = %room, error = %e, "forwarded publication not taken");
+                }
+            }
+            RoomWire::PubAck {
+                room,
+                ack,
+                offset,
+                epoch,
+            } => {
+                self.cast_if_running(&room, RoomMsg::PubAck { ack, offset, epoch });
+            }
+            RoomWire::Deliver {
+                room,
+                epoch,
+                offset,
+                event,
+            } => {
+                self.cast_if_running(
+                    &room,
+                    RoomMsg::Deliver {
+                        epoch,
+                        offset,
+                        event: Bytes::from(event.into_vec()),
+                    },
+                );
+            }
+            other => tracing::warn!(?other, "refused a room message that is not a cast"),
+        }
+    }
+
+    /// A rooms' request from a peer; the encoded answer.
+    pub async fn on_call(&self, bytes: &[u8]) -> Vec<u8> {
+        let answer = match RoomWire::decode(bytes) {
+            Ok(RoomWire::Subscribe { room, node, since }) => self
+                .subscribe(&room, node.into(), since)
+                .await
+                .unwrap_or_else(|e| RoomWire::Error {
+                    reason: e.to_string(),
+                }),
+            Ok(other) => RoomWire::Error {
+                reason: format!("not a call: {other:?}"),
+            },
+            Err(e) => RoomWire::Error {
+                reason: e.to_string(),
+            },
+        };
+        answer.encode()
+    }
+
+    /// Every running room re-checks its home (the set of live nodes changed).
+    pub fn view_changed(&self) {
         for room in self.map.iter() {
             let _ = room.cast(RoomMsg::ViewChanged);
         }

@@ -10,11 +10,11 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 
-use crate::cluster::Cluster;
 use crate::member::MembershipObserver;
 use crate::room::{Room, RoomArgs, RoomCore, RoomMsg};
 use crate::rooms::{RoomContext, RoomSettings, Rooms};
 use crate::RouterError;
+use switchboard_cluster::Cluster;
 
 pub enum RoomSupervisorMsg {
     /// The running room of that name, started if need be.
@@ -71,7 +71,6 @@ impl RoomSupervisor {
             map,
             supervisor: actor.clone(),
         };
-        cluster.set_rooms(rooms.clone());
         Ok((rooms, actor))
     }
 

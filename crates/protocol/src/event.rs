@@ -227,6 +227,23 @@ pub fn msg(room: &str, offset: u64, from: &str, data: &[u8]) -> Bytes {
         .finish()
 }
 
+/// `reset`: the room's sequence restarted (its home changed and could not
+/// continue the epoch). The connection is still a member; messages
+/// continue after `offset` in `epoch`, and what came before is not
+/// recoverable with `since`.
+pub fn reset(room: &str, epoch: &str, offset: u64) -> Bytes {
+    MapWriter::new(4, 48 + room.len() + epoch.len())
+        .key("op")
+        .str("reset")
+        .key("room")
+        .str(room)
+        .key("epoch")
+        .str(epoch)
+        .key("offset")
+        .uint(offset)
+        .finish()
+}
+
 /// `dm`: a direct message. `data` is the sender's MessagePack bytes.
 pub fn dm(from: &str, data: &[u8]) -> Bytes {
     MapWriter::new(3, 24 + from.len() + data.len())

@@ -17,6 +17,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// The cluster listener's address, as the node reported it.
+    pub cluster_addr: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
 }
@@ -48,10 +50,15 @@ impl Server {
         {
             let logs = logs.clone();
             std::thread::spawn(move || {
+                // Both listeners may name port 0: the node logs what it got,
+                // the cluster's (if any) before the HTTP one.
+                let mut cluster_addr = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("listening") {
+                    if line.contains("cluster listening") {
+                        cluster_addr = field(&line, "addr");
+                    } else if line.contains("listening") {
                         if let Some(addr) = field(&line, "addr") {
-                            let _ = tx.send(addr);
+                            let _ = tx.send((addr, cluster_addr.take()));
                         }
                     }
                     logs.lock().unwrap().push(line);
@@ -59,9 +66,10 @@ impl Server {
             });
         }
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(Server {
+            Ok((addr, cluster_addr)) => Ok(Server {
                 child,
                 addr,
+                cluster_addr,
                 logs,
                 env: env
                     .iter()
@@ -82,14 +90,24 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// Starts the process again with the same settings (a new HTTP port).
+    /// Starts the process again with the same settings (new ports).
     pub fn restart(&mut self) {
+        self.restart_seeded(None);
+    }
+
+    /// Like [`Server::restart`], dialing `seeds` instead of the seeds it
+    /// was started with (whose ports may be another node's by now).
+    pub fn restart_seeded(&mut self, seeds: Option<&str>) {
         self.kill9();
-        let env: Vec<(&str, &str)> = self
+        let mut env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| seeds.is_none() || *k != "SWITCHBOARD__CLUSTER__SEEDS")
             .collect();
+        if let Some(seeds) = seeds {
+            env.push(("SWITCHBOARD__CLUSTER__SEEDS", seeds));
+        }
         let fresh = Self::start(&env);
         let old = std::mem::replace(self, fresh);
         drop(old);
@@ -265,44 +283,44 @@ pub fn mp(v: &rmpv::Value) -> Vec<u8> {
     buf
 }
 
-/// A free 127.0.0.1 port (bound and released; fine for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Restarts `nodes[i]` (kill -9, then start) seeded with every other
+/// node's current cluster address.
+pub fn restart(nodes: &mut [Server], i: usize) {
+    let seeds = nodes
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, n)| n.cluster_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    nodes[i].restart_seeded(Some(&seeds));
 }
 
-/// Starts `n` nodes `n1..` on loopback, each seeded with every cluster
-/// address in `seeds_for(i, ports)`, and waits until all see `n` nodes.
-pub async fn cluster_with(
-    n: usize,
-    env: &[(&str, &str)],
-    seeds_for: impl Fn(usize, &[u16]) -> Vec<String>,
-) -> (Vec<Server>, Vec<u16>) {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-    let nodes = cluster_on(&ports, env, seeds_for).await;
-    (nodes, ports)
+/// A cookie of this cluster's own: a node of another test that ends up on a
+/// port this cluster once used fails the handshake instead of joining.
+pub fn cookie() -> String {
+    format!("test-{:016x}", fastrand::u64(..))
 }
 
-/// Starts one node per cluster port in `ports` and waits until all see
-/// each other.
-pub async fn cluster_on(
-    ports: &[u16],
-    env: &[(&str, &str)],
-    seeds_for: impl Fn(usize, &[u16]) -> Vec<String>,
-) -> Vec<Server> {
-    let n = ports.len();
-    let mut nodes = Vec::new();
+/// Starts `n` nodes `n1..` on loopback, each on a cluster port of its own
+/// choosing (port 0: no port is reserved and released, so none is raced
+/// for), seeded with the nodes started before it. Waits until all see `n`
+/// nodes.
+pub async fn cluster_with(n: usize, env: &[(&str, &str)]) -> Vec<Server> {
+    let cookie = cookie();
+    let mut nodes: Vec<Server> = Vec::new();
     for i in 0..n {
         let name = format!("n{}", i + 1);
-        let listen = format!("127.0.0.1:{}", ports[i]);
-        let seeds = seeds_for(i, ports).join(",");
+        let seeds = nodes
+            .iter()
+            .filter_map(|n| n.cluster_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut e: Vec<(&str, &str)> = vec![
             ("SWITCHBOARD__NODE__NAME", &name),
-            ("SWITCHBOARD__CLUSTER__LISTEN", &listen),
+            ("SWITCHBOARD__CLUSTER__LISTEN", "127.0.0.1:0"),
             ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
+            ("SWITCHBOARD__CLUSTER__COOKIE", &cookie),
         ];
         e.extend_from_slice(env);
         nodes.push(Server::start(&e));
@@ -313,34 +331,62 @@ pub async fn cluster_on(
     nodes
 }
 
+/// The port of a node's cluster listener.
+pub fn cluster_port(node: &Server) -> u16 {
+    node.cluster_addr
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the node reports its cluster address")
+}
+
 /// Starts n1, n2, n3 where n1 and n2 reach each other only through the two
-/// proxies (one per direction) and n3 reaches both directly.
+/// proxies (one per direction) and n3 reaches both directly. n3 starts
+/// first; n1 and n2 dial it and, through the proxies, each other.
 pub async fn cluster_with_proxied_link(
     env: &[(&str, &str)],
 ) -> (Vec<Server>, proxy::FaultProxy, proxy::FaultProxy) {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let to_n2 = proxy::FaultProxy::start(ports[1]).await;
-    let to_n1 = proxy::FaultProxy::start(ports[0]).await;
+    let to_n1 = proxy::FaultProxy::start().await;
+    let to_n2 = proxy::FaultProxy::start().await;
     let (p1, p2) = (to_n1.port, to_n2.port);
-    let nodes = cluster_on(&ports, env, |i, ports| match i {
-        0 => vec![format!("127.0.0.1:{p2}"), format!("127.0.0.1:{}", ports[2])],
-        1 => vec![format!("127.0.0.1:{p1}"), format!("127.0.0.1:{}", ports[2])],
-        _ => vec![
-            format!("127.0.0.1:{}", ports[0]),
-            format!("127.0.0.1:{}", ports[1]),
-        ],
-    })
-    .await;
+    let n3_addr = std::sync::Mutex::new(String::new());
+    // Started in the order n3, n1, n2, then put back in name order.
+    let order = [2usize, 0, 1];
+    let names = ["n3", "n1", "n2"];
+    let cookie = cookie();
+    let mut started = Vec::new();
+    for (k, &i) in order.iter().enumerate() {
+        let seeds = match i {
+            0 => format!("127.0.0.1:{p2},{}", n3_addr.lock().unwrap()),
+            1 => format!("127.0.0.1:{p1},{}", n3_addr.lock().unwrap()),
+            _ => String::new(),
+        };
+        let mut e: Vec<(&str, &str)> = vec![
+            ("SWITCHBOARD__NODE__NAME", names[k]),
+            ("SWITCHBOARD__CLUSTER__LISTEN", "127.0.0.1:0"),
+            ("SWITCHBOARD__CLUSTER__SEEDS", &seeds),
+            ("SWITCHBOARD__CLUSTER__COOKIE", &cookie),
+        ];
+        e.extend_from_slice(env);
+        let node = Server::start(&e);
+        match i {
+            0 => to_n1.forward_to(cluster_port(&node)),
+            1 => to_n2.forward_to(cluster_port(&node)),
+            _ => *n3_addr.lock().unwrap() = node.cluster_addr.clone().unwrap_or_default(),
+        }
+        started.push((i, node));
+    }
+    started.sort_by_key(|(i, _)| *i);
+    let nodes: Vec<Server> = started.into_iter().map(|(_, n)| n).collect();
+    for node in &nodes {
+        node.wait_nodes(3, Duration::from_secs(20)).await;
+    }
     (nodes, to_n1, to_n2)
 }
 
 /// Three nodes seeded with each other.
 pub async fn cluster3(env: &[(&str, &str)]) -> Vec<Server> {
-    cluster_with(3, env, |_, ports| {
-        ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
-    })
-    .await
-    .0
+    cluster_with(3, env).await
 }
 
 /// Where a protocol test runs.

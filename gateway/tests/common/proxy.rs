@@ -1,7 +1,7 @@
 //! A TCP proxy between two cluster nodes that a test can cut and heal.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -9,6 +9,9 @@ use tokio::sync::watch;
 
 pub struct FaultProxy {
     pub port: u16,
+    /// Where links go; 0 until [`FaultProxy::forward_to`] (a link made
+    /// before then is dropped).
+    target: Arc<AtomicU16>,
     cut: Arc<AtomicBool>,
     /// While true, links stay open but no byte passes (a silent partition).
     silent: watch::Sender<bool>,
@@ -18,14 +21,18 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Listens on a free port and forwards every connection to `target`.
-    pub async fn start(target: u16) -> FaultProxy {
+    /// Listens on a port of its own; forwards nothing until told where to.
+    /// (The target is set later because a node's port is known only once
+    /// it runs, and its seeds name this proxy.)
+    pub async fn start() -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(AtomicU16::new(0));
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let (silent, _) = watch::channel(false);
         let task = {
+            let target = target.clone();
             let cut = cut.clone();
             let generation = generation.clone();
             let silent = silent.clone();
@@ -34,7 +41,8 @@ impl FaultProxy {
                     let Ok((inbound, _)) = listener.accept().await else {
                         return;
                     };
-                    if cut.load(Ordering::SeqCst) {
+                    let target = target.load(Ordering::SeqCst);
+                    if cut.load(Ordering::SeqCst) || target == 0 {
                         drop(inbound);
                         continue;
                     }
@@ -57,11 +65,17 @@ impl FaultProxy {
         };
         FaultProxy {
             port,
+            target,
             cut,
             silent,
             generation,
             task,
         }
+    }
+
+    /// Sends every link from now on to this port on 127.0.0.1.
+    pub fn forward_to(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
     }
 
     /// Drops every link through the proxy and refuses new ones.

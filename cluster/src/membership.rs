@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorId, ActorRef};
@@ -10,9 +11,8 @@ use ractor_cluster::{NodeServer, NodeServerMessage, NodeSessionMessage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::node_router::{NodeRouter, NodeRouterArgs, NodeRouterMsg};
-use super::Cluster;
-use crate::RouterError;
+use crate::node_router::{NodeRouter, NodeRouterArgs, NodeRouterMsg};
+use crate::{Cluster, ClusterError, Inbound};
 
 /// `[cluster]` as the membership needs it.
 #[derive(Debug, Clone)]
@@ -31,44 +31,108 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 const DNS_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the NodeServer, this node's NodeRouter and the membership loop.
-pub async fn start(
+/// Starts the NodeServer, this node's NodeRouter and the membership loop;
+/// returns the router and the address the cluster listener is bound to.
+///
+/// The listener is bound here, not by `ractor_cluster`, so that `listen`
+/// may name port 0 and the node can say which port it got: a caller that
+/// picks a "free" port by binding and closing one races with everything
+/// else on the machine. Accepted sockets are handed to the NodeServer as
+/// `ConnectionOpened`, exactly as its own listener would; that listener
+/// still exists (ractor_cluster always starts one) but is bound to an
+/// ephemeral loopback port, and the connection string peers learn names
+/// the real one.
+pub async fn start<A: Inbound>(
     cluster: Cluster,
     settings: ClusterSettings,
+    app: Arc<A>,
     parent: ActorCell,
     shutdown: CancellationToken,
-) -> Result<ActorRef<NodeRouterMsg>, RouterError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| RouterError::Spawn {
-        room: what.to_owned(),
+) -> Result<(ActorRef<NodeRouterMsg>, SocketAddr), ClusterError> {
+    let err = |what: &'static str, e: &dyn std::fmt::Display| ClusterError::Spawn {
+        what,
         reason: e.to_string(),
     };
+    let bind_err = |source| ClusterError::Bind {
+        addr: settings.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
     let server = NodeServer::new(
-        settings.listen.port(),
+        0,
         settings.cookie.clone(),
         cluster.me().to_string(),
         settings.advertise.clone(),
         None,
         None,
     )
-    .with_listen_addr(settings.listen.ip());
+    .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into());
     let (node_server, _) = Actor::spawn_linked(None, server, (), parent.clone())
         .await
-        .map_err(|e| err("<node server>", &e))?;
+        .map_err(|e| err("the node server", &e))?;
+    // After the internal listener's own PortChanged (sent before the spawn
+    // returned), so this one wins.
+    node_server
+        .cast(NodeServerMessage::PortChanged { port: bound.port() })
+        .map_err(|e| err("the node server", &e))?;
+    tokio::spawn(accept(listener, node_server.clone(), shutdown.clone()));
     let args = NodeRouterArgs {
         cluster: cluster.clone(),
-        node_server: Some(node_server.clone()),
+        app,
+        node_server: node_server.clone(),
     };
     let (router, _) = Actor::spawn_linked(
-        Some(NodeRouter::name_for(cluster.me())),
-        NodeRouter,
+        Some(NodeRouter::<A>::name_for(cluster.me())),
+        NodeRouter::<A>::new(),
         args,
         parent,
     )
     .await
-    .map_err(|e| err("<node router>", &e))?;
-    let me = format!("{}:{}", settings.advertise, settings.listen.port());
-    tokio::spawn(run(cluster, settings, me, node_server, shutdown));
-    Ok(router)
+    .map_err(|e| err("the node router", &e))?;
+    let me = format!("{}:{}", settings.advertise, bound.port());
+    tokio::spawn(run(cluster, settings, me, bound, node_server, shutdown));
+    Ok((router, bound))
+}
+
+/// Hands every accepted peer connection to the NodeServer.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    node_server: ActorRef<NodeServerMessage>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer_addr) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local_addr) = stream.local_addr() else {
+            continue;
+        };
+        let stream = ractor_cluster::NetworkStream::Raw {
+            peer_addr,
+            local_addr,
+            stream,
+        };
+        let opened = NodeServerMessage::ConnectionOpened {
+            stream: Box::new(stream),
+            is_server: true,
+        };
+        if node_server.cast(opened).is_err() {
+            return;
+        }
+    }
 }
 
 struct Target {
@@ -84,6 +148,7 @@ async fn run(
     cluster: Cluster,
     settings: ClusterSettings,
     me: String,
+    bound: SocketAddr,
     node_server: ActorRef<NodeServerMessage>,
     shutdown: CancellationToken,
 ) {
@@ -149,7 +214,7 @@ async fn run(
             .seeds
             .iter()
             .chain(dns_peers.iter())
-            .filter(|t| **t != me && !is_self(t, &settings));
+            .filter(|t| **t != me && **t != bound.to_string());
         for t in wanted {
             let target = targets.entry(t.clone()).or_insert(Target {
                 next_attempt: now,
@@ -193,8 +258,4 @@ async fn ready_state(session: &ActorRef<NodeSessionMessage>) -> Option<bool> {
         Ok(ractor::rpc::CallResult::Success(ready)) => Some(ready),
         _ => None,
     }
-}
-
-fn is_self(target: &str, settings: &ClusterSettings) -> bool {
-    target == settings.listen.to_string()
 }

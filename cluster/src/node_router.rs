@@ -1,6 +1,7 @@
 //! The NodeRouter: the one actor other nodes see.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,9 @@ use parking_lot::Mutex;
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::{NodeServerMessage, RactorClusterMessage};
-use switchboard_protocol::Bytes;
 
-use super::wire::Wire;
-use super::{call, Cluster};
-use crate::room::{PublishReply, PublishRequest, RoomMsg};
+use crate::wire::{self, Control};
+use crate::{Cluster, Inbound};
 
 /// The `pg` group every node's router is in.
 pub(crate) const NODES_GROUP: &str = "switchboard.nodes";
@@ -39,20 +38,30 @@ pub enum NodeRouterMsg {
     Watchdog,
 }
 
-pub struct NodeRouter;
+/// Generic over what the node does with inbound messages, which it is given
+/// before it can receive any: nothing from a peer arrives unhandled.
+pub struct NodeRouter<A>(PhantomData<fn() -> A>);
 
-pub struct NodeRouterArgs {
-    pub cluster: Cluster,
-    pub node_server: Option<ActorRef<NodeServerMessage>>,
+impl<A> NodeRouter<A> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
 }
 
-pub struct NodeRouterState {
+pub struct NodeRouterArgs<A> {
+    pub cluster: Cluster,
+    pub app: Arc<A>,
+    pub node_server: ActorRef<NodeServerMessage>,
+}
+
+pub struct NodeRouterState<A> {
     cluster: Cluster,
-    node_server: Option<ActorRef<NodeServerMessage>>,
+    app: Arc<A>,
+    node_server: ActorRef<NodeServerMessage>,
     misses: Arc<Mutex<HashMap<Arc<str>, u32>>>,
 }
 
-impl NodeRouter {
+impl<A> NodeRouter<A> {
     pub(crate) fn name_for(node: &str) -> String {
         format!("{NAME_PREFIX}{node}")
     }
@@ -63,61 +72,92 @@ impl NodeRouter {
     }
 }
 
-impl Actor for NodeRouter {
+impl<A: Inbound> NodeRouterState<A> {
+    fn peer_up(&self, name: Arc<str>, router: ActorRef<NodeRouterMsg>) {
+        self.misses.lock().remove(&name);
+        if self.cluster.peer_up(name.clone(), router) {
+            self.app.peer_up(&name);
+        }
+    }
+
+    fn peer_down(&self, name: &str) {
+        if self.cluster.peer_down(name) {
+            self.app.peer_down(name);
+        }
+    }
+}
+
+impl<A: Inbound> Actor for NodeRouter<A> {
     type Msg = NodeRouterMsg;
-    type State = NodeRouterState;
-    type Arguments = NodeRouterArgs;
+    type State = NodeRouterState<A>;
+    type Arguments = NodeRouterArgs<A>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<NodeRouterMsg>,
-        args: NodeRouterArgs,
-    ) -> Result<NodeRouterState, ActorProcessingErr> {
+        args: NodeRouterArgs<A>,
+    ) -> Result<NodeRouterState<A>, ActorProcessingErr> {
+        let state = NodeRouterState {
+            cluster: args.cluster,
+            app: args.app,
+            node_server: args.node_server,
+            misses: Arc::new(Mutex::new(HashMap::new())),
+        };
         ractor::pg::join(NODES_GROUP.into(), vec![myself.get_cell()]);
         ractor::pg::monitor(NODES_GROUP.into(), myself.get_cell());
         for cell in ractor::pg::get_members(&NODES_GROUP.to_owned()) {
             if !cell.get_id().is_local() {
                 if let Some(name) = Self::peer_name(&cell) {
-                    args.cluster.peer_up(name, cell.into());
+                    state.peer_up(name, cell.into());
                 }
             }
         }
         myself.send_interval(WATCHDOG_EVERY, || NodeRouterMsg::Watchdog);
-        Ok(NodeRouterState {
-            cluster: args.cluster,
-            node_server: args.node_server,
-            misses: Arc::new(Mutex::new(HashMap::new())),
-        })
+        Ok(state)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<NodeRouterMsg>,
         msg: NodeRouterMsg,
-        state: &mut NodeRouterState,
+        state: &mut NodeRouterState<A>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeRouterMsg::Cast(bytes) => {
                 metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
                     .increment(1);
-                match Wire::decode(&bytes) {
-                    Ok(wire) => on_cast(&state.cluster, wire).await,
-                    Err(e) => tracing::warn!(error = %e, "undecodable cluster message"),
+                // Awaited here, so one peer's messages are handled in order.
+                match wire::variant(&bytes) {
+                    Some("Hello" | "Error") | None => refuse(&bytes, "not a cast"),
+                    Some(variant) => {
+                        let variant = variant.to_owned();
+                        state.app.cast(&variant, bytes).await;
+                    }
                 }
             }
             NodeRouterMsg::Call(bytes, reply) => {
                 metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
                     .increment(1);
-                let cluster = state.cluster.clone();
+                let (cluster, app) = (state.cluster.clone(), state.app.clone());
                 // Answered off the router's loop: a call may wait on a room.
                 tokio::spawn(async move {
-                    let answer = match Wire::decode(&bytes) {
-                        Ok(wire) => on_call(&cluster, wire).await,
-                        Err(e) => Wire::Error {
-                            reason: e.to_string(),
-                        },
+                    let answer = match wire::variant(&bytes) {
+                        Some("Hello") => wire::encode(&Control::Hello {
+                            node: cluster.me().to_string(),
+                            version: wire::VERSION,
+                        }),
+                        Some(variant) => {
+                            let variant = variant.to_owned();
+                            app.call(&variant, bytes).await
+                        }
+                        None => {
+                            refuse(&bytes, "no message variant");
+                            wire::encode(&Control::Error {
+                                reason: "no message variant".into(),
+                            })
+                        }
                     };
-                    let _ = reply.send(answer.encode());
+                    let _ = reply.send(answer);
                 });
             }
             NodeRouterMsg::Watchdog => watchdog(state),
@@ -129,15 +169,14 @@ impl Actor for NodeRouter {
         &self,
         _myself: ActorRef<NodeRouterMsg>,
         evt: SupervisionEvent,
-        state: &mut NodeRouterState,
+        state: &mut NodeRouterState<A>,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ProcessGroupChanged(change) = evt {
             match change {
                 GroupChangeMessage::Join(_, group, cells) if group == NODES_GROUP => {
                     for cell in cells.into_iter().filter(|c| !c.get_id().is_local()) {
                         if let Some(name) = Self::peer_name(&cell) {
-                            state.misses.lock().remove(&name);
-                            state.cluster.peer_up(name, cell.into());
+                            state.peer_up(name, cell.into());
                         }
                     }
                 }
@@ -149,7 +188,7 @@ impl Actor for NodeRouter {
                         // Only if the view still has this incarnation.
                         let current = state.cluster.router(&name);
                         if current.is_some_and(|r| r.get_id() == cell.get_id()) {
-                            state.cluster.peer_down(&name);
+                            state.peer_down(&name);
                         }
                     }
                 }
@@ -163,24 +202,30 @@ impl Actor for NodeRouter {
 /// Pings every peer; a peer that misses twice in a row has its session
 /// killed, which `ractor_cluster` turns into a `pg` leave (peer down), and
 /// membership re-dials it.
-fn watchdog(state: &NodeRouterState) {
+fn watchdog<A>(state: &NodeRouterState<A>) {
     let view = state.cluster.view();
     for (name, router) in view.peers.iter() {
         let (name, router) = (name.clone(), router.clone());
         let misses = state.misses.clone();
-        let me = state.cluster.me().clone();
+        let cluster = state.cluster.clone();
         let node_server = state.node_server.clone();
         tokio::spawn(async move {
-            let ping = Wire::Hello {
-                node: me.to_string(),
+            let bytes = wire::encode(&Control::Hello {
+                node: cluster.me().to_string(),
+                version: wire::VERSION,
+            });
+            let answer = router
+                .call(|r| NodeRouterMsg::Call(bytes, r), Some(WATCHDOG_TIMEOUT))
+                .await;
+            let answered = match answer {
+                Ok(ractor::rpc::CallResult::Success(reply)) => {
+                    if let Ok(Control::Hello { version, .. }) = wire::decode(&reply) {
+                        cluster.set_version(&name, version);
+                    }
+                    true
+                }
+                _ => false,
             };
-            let bytes = ping.encode();
-            let answered = matches!(
-                router
-                    .call(|r| NodeRouterMsg::Call(bytes, r), Some(WATCHDOG_TIMEOUT))
-                    .await,
-                Ok(ractor::rpc::CallResult::Success(_))
-            );
             let missed = {
                 let mut m = misses.lock();
                 let n = m.entry(name.clone()).or_insert(0);
@@ -190,9 +235,7 @@ fn watchdog(state: &NodeRouterState) {
             if missed >= WATCHDOG_MISSES {
                 tracing::warn!(peer = %name, missed, "peer not answering; dropping its session");
                 misses.lock().remove(&name);
-                if let Some(ns) = node_server {
-                    kill_session(&ns, router.get_id().node()).await;
-                }
+                kill_session(&node_server, router.get_id().node()).await;
             }
         });
     }
@@ -209,112 +252,11 @@ pub(crate) async fn kill_session(node_server: &ActorRef<NodeServerMessage>, node
     }
 }
 
-async fn on_cast(cluster: &Cluster, wire: Wire) {
-    let Some(rooms) = cluster.rooms() else {
-        return;
-    };
-    match wire {
-        Wire::Unsubscribe { room, node } => {
-            rooms.cast_if_running(&room, RoomMsg::Unsubscribe { node: node.into() });
-        }
-        Wire::Publish {
-            room,
-            from,
-            data,
-            msg_id,
-            origin,
-            ack,
-            hops,
-        } => {
-            let reply = match ack {
-                Some(ack) => PublishReply::Remote {
-                    node: origin.into(),
-                    ack,
-                },
-                None => PublishReply::None,
-            };
-            let req = PublishRequest {
-                from: from.into(),
-                data: Bytes::from(data.into_vec()),
-                msg_id,
-                reply,
-                hops,
-            };
-            let _ = rooms.cast(&room, RoomMsg::Publish(Box::new(req))).await;
-        }
-        Wire::PubAck {
-            room,
-            ack,
-            offset,
-            epoch,
-        } => {
-            rooms.cast_if_running(&room, RoomMsg::PubAck { ack, offset, epoch });
-        }
-        Wire::Deliver {
-            room,
-            epoch,
-            offset,
-            event,
-        } => {
-            rooms.cast_if_running(
-                &room,
-                RoomMsg::Deliver {
-                    epoch,
-                    offset,
-                    event: Bytes::from(event.into_vec()),
-                },
-            );
-        }
-        Wire::Presence { node, payload } => {
-            if let Some(app) = cluster.app() {
-                app.presence(&node, &payload);
-            }
-        }
-        other => tracing::debug!(?other, "unexpected cluster cast"),
-    }
-}
-
-async fn on_call(cluster: &Cluster, wire: Wire) -> Wire {
-    match wire {
-        Wire::Hello { .. } => Wire::Hello {
-            node: cluster.me().to_string(),
-        },
-        Wire::Subscribe { room, node, since } => match cluster.rooms() {
-            Some(rooms) => rooms
-                .subscribe(&room, node.into(), since)
-                .await
-                .unwrap_or_else(|e| Wire::Error {
-                    reason: e.to_string(),
-                }),
-            None => Wire::Error {
-                reason: "starting".into(),
-            },
-        },
-        Wire::Dm { to, event } => Wire::Delivered {
-            count: cluster
-                .app()
-                .map_or(0, |app| app.dm(&to, Bytes::from(event.into_vec()))),
-        },
-        other => Wire::Error {
-            reason: format!("not a call: {other:?}"),
-        },
-    }
-}
-
-/// Asks `router`'s node to subscribe this node to `room`.
-pub(crate) async fn subscribe(
-    router: &ActorRef<NodeRouterMsg>,
-    room: &str,
-    me: &str,
-    since: Option<super::wire::SinceWire>,
-) -> Option<Wire> {
-    call(
-        router,
-        &Wire::Subscribe {
-            room: room.to_owned(),
-            node: me.to_owned(),
-            since,
-        },
-    )
-    .await
+fn refuse(bytes: &[u8], reason: &str) {
+    tracing::warn!(
+        variant = wire::variant(bytes).unwrap_or("?"),
+        len = bytes.len(),
+        reason,
+        "refused a cluster message"
+    );
 }

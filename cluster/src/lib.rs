@@ -1,0 +1,215 @@
+//! Nodes as one cluster over `ractor_cluster`.
+//!
+//! Each node runs a `NodeServer` and exactly one remotable actor, its
+//! [`NodeRouter`](node_router::NodeRouter); rooms, sessions and presence stay
+//! local and reach other nodes through it. `ractor_cluster` itself has no
+//! discovery, reconnection or failure detection: [`membership`] dials the
+//! seeds and DNS peers with backoff, drops handshakes that hang, and the
+//! NodeRouter's watchdog kills sessions to peers that stop answering.
+//!
+//! The live nodes form a [`View`]; every room's home (its sequencer) is the
+//! rendezvous-hash winner of the room name over the view's node names.
+//!
+//! This crate knows no room, presence or session type. What arrives from a
+//! peer goes to the node's [`Inbound`] (the gateway wires rooms and presence
+//! behind it), and services send their own encoded messages through
+//! [`Cluster`]; [`wire`] says how they are framed.
+
+mod membership;
+mod node_router;
+mod view;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use ractor::ActorRef;
+
+pub use membership::{start, ClusterSettings};
+pub use node_router::NodeRouterMsg;
+pub use view::{rendezvous, Home, View};
+
+/// Errors at the cluster's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("could not start {what}: {reason}")]
+    Spawn { what: &'static str, reason: String },
+}
+
+/// What the rest of the node does with what arrives from peers. Messages of
+/// one peer reach `cast` in the order they were sent, one at a time.
+pub trait Inbound: Send + Sync + 'static {
+    /// A one-way message whose enum variant is `variant` (see [`wire`]).
+    fn cast(&self, variant: &str, bytes: Vec<u8>) -> impl Future<Output = ()> + Send;
+    /// A request; the answer is an encoded message.
+    fn call(&self, variant: &str, bytes: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
+    /// A peer became reachable (after the view has it).
+    fn peer_up(&self, node: &str);
+    /// A peer was lost (after the view dropped it).
+    fn peer_down(&self, node: &str);
+}
+
+/// How long a call to a peer may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Shared {
+    me: Arc<str>,
+    view: RwLock<Arc<View>>,
+    /// The wire version each peer announced in its `Hello`.
+    versions: RwLock<HashMap<Arc<str>, u32>>,
+    /// Set once the seeds and DNS peers have been tried.
+    ready: AtomicBool,
+}
+
+/// A cloneable handle to this node's view of the cluster, and the way to
+/// send to peers.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("me", &self.shared.me)
+            .field("nodes", &self.view().nodes())
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// A cluster of one (until [`start`] finds peers).
+    pub fn new(me: &str) -> Self {
+        let me: Arc<str> = me.into();
+        Self {
+            shared: Arc::new(Shared {
+                me: me.clone(),
+                view: RwLock::new(Arc::new(View::alone(me))),
+                versions: RwLock::new(HashMap::new()),
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn me(&self) -> &Arc<str> {
+        &self.shared.me
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.shared.view.read().clone()
+    }
+
+    pub fn home(&self, room: &str) -> Home {
+        self.shared.view.read().home(room)
+    }
+
+    /// The wire version a live peer announced, once it has.
+    pub fn peer_version(&self, node: &str) -> Option<u32> {
+        self.shared.versions.read().get(node).copied()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
+    fn set_ready(&self) {
+        self.shared.ready.store(true, Ordering::SeqCst);
+    }
+
+    fn router(&self, node: &str) -> Option<ActorRef<NodeRouterMsg>> {
+        self.shared.view.read().peers.get(node).cloned()
+    }
+
+    /// Adds or refreshes a peer; returns whether it is new.
+    fn peer_up(&self, name: Arc<str>, router: ActorRef<NodeRouterMsg>) -> bool {
+        let new = {
+            let mut view = self.shared.view.write();
+            let mut next = (**view).clone();
+            let new = next.peers.insert(name.clone(), router).is_none();
+            *view = Arc::new(next);
+            new
+        };
+        if new {
+            tracing::info!(peer = %name, "peer up");
+            self.nodes_changed();
+        }
+        new
+    }
+
+    /// Drops a peer; returns whether it was in the view.
+    fn peer_down(&self, name: &str) -> bool {
+        let removed = {
+            let mut view = self.shared.view.write();
+            let mut next = (**view).clone();
+            let removed = next.peers.remove(name).is_some();
+            *view = Arc::new(next);
+            removed
+        };
+        if removed {
+            self.shared.versions.write().remove(name);
+            tracing::warn!(peer = %name, "peer down");
+            self.nodes_changed();
+        }
+        removed
+    }
+
+    fn set_version(&self, node: &Arc<str>, version: u32) {
+        if self.router(node).is_some() {
+            self.shared.versions.write().insert(node.clone(), version);
+        }
+    }
+
+    fn nodes_changed(&self) {
+        metrics::gauge!("switchboard_cluster_nodes").set(self.view().nodes() as f64);
+    }
+
+    /// Casts an encoded message to a peer; false if the peer is not live.
+    pub fn send(&self, node: &str, bytes: Vec<u8>) -> bool {
+        self.router(node).is_some_and(|r| cast(&r, bytes))
+    }
+
+    /// Casts an encoded message to every live peer.
+    pub fn broadcast(&self, bytes: &[u8]) {
+        for router in self.view().peers.values() {
+            cast(router, bytes.to_vec());
+        }
+    }
+
+    /// Sends an encoded request to a peer and waits (up to
+    /// [`CALL_TIMEOUT`]) for its encoded answer.
+    pub async fn call(&self, node: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let router = self.router(node)?;
+        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out").increment(1);
+        match router
+            .call(
+                |reply| NodeRouterMsg::Call(bytes, reply),
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(reply)) => {
+                metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
+                    .increment(1);
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn cast(router: &ActorRef<NodeRouterMsg>, bytes: Vec<u8>) -> bool {
+    let ok = router.cast(NodeRouterMsg::Cast(bytes)).is_ok();
+    if ok {
+        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out").increment(1);
+    }
+    ok
+}
