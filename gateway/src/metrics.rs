@@ -58,6 +58,10 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         "switchboard_slow_consumers_total",
         "Connections closed because their outbound queue was full"
     );
+    describe_counter!(
+        "switchboard_room_resets_total",
+        "Times a room's members here were told its sequence restarted (reset), by reason"
+    );
     describe_gauge!(
         "switchboard_presence_users",
         "Distinct users online on this node"

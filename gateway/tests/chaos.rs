@@ -73,6 +73,8 @@ struct RoomLog {
 struct ConnLog {
     member: usize,
     rooms: BTreeMap<String, RoomLog>,
+    /// What it saw of a room before a `reset` moved it to another epoch.
+    before_reset: Vec<(String, RoomLog)>,
     /// Why it ended; `None`: it stayed open to the end of the run.
     ended: Option<String>,
 }
@@ -313,6 +315,22 @@ async fn serve_member(
                     position.insert(name, (r.epoch.clone(), offset));
                 }
             }
+            // Still a member; the sequence goes on after `offset` in `epoch`.
+            Ok(ev) if ev.op() == "reset" => {
+                let name = ev.str("room").unwrap_or_default().to_owned();
+                let epoch = ev.str("epoch").unwrap_or_default().to_owned();
+                let offset = ev.u64("offset").unwrap_or(0);
+                let next = RoomLog {
+                    epoch: epoch.clone(),
+                    from: offset + 1,
+                    recovered: None,
+                    got: Vec::new(),
+                };
+                if let Some(before) = log.rooms.insert(name.clone(), next) {
+                    log.before_reset.push((name.clone(), before));
+                }
+                position.insert(name, (epoch, offset));
+            }
             Ok(_) | Err(ClientError::Timeout) => {}
             Err(e) => return Some(e.to_string()),
         }
@@ -386,6 +404,9 @@ struct Verdict {
     stayed_open: usize,
     recovered_true: usize,
     recovered_false: usize,
+    /// `reset` events received: a room's sequence restarted under members
+    /// that stayed connected.
+    resets: usize,
     lost: usize,
     duplicated: usize,
     reordered: usize,
@@ -424,11 +445,12 @@ impl std::fmt::Display for Verdict {
         writeln!(
             f,
             "  connections {} (stayed open to the end {}), rejoins recovered:true {}, recovered:false {}, \
-             acknowledged but received by no connection {}",
+             resets {}, acknowledged but received by no connection {}",
             self.connections,
             self.stayed_open,
             self.recovered_true,
             self.recovered_false,
+            self.resets,
             self.seen_by_nobody
         )?;
         for p in self.problems.iter().take(20) {
@@ -462,7 +484,10 @@ fn check(acks: &[Ack], logs: &[ConnLog]) -> Verdict {
         if log.ended.is_none() {
             v.stayed_open += 1;
         }
-        for (name, r) in &log.rooms {
+        v.resets += log.before_reset.len();
+        let current = log.rooms.iter().map(|(n, r)| (n, r, true));
+        let earlier = log.before_reset.iter().map(|(n, r)| (n, r, false));
+        for (name, r, is_current) in current.chain(earlier) {
             match r.recovered {
                 Some(true) => v.recovered_true += 1,
                 Some(false) => v.recovered_false += 1,
@@ -506,11 +531,11 @@ fn check(acks: &[Ack], logs: &[ConnLog]) -> Verdict {
                     }
                 }
             }
-            if log.ended.is_some() {
+            if log.ended.is_some() || !is_current {
                 continue;
             }
             // Stayed open: everything acknowledged in its epoch after it
-            // joined must have arrived.
+            // joined (or was reset into it) must have arrived.
             let last = next - 1;
             for a in acks
                 .iter()
@@ -560,6 +585,7 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
                 got: got.iter().map(|(o, m)| (*o, m.to_string())).collect(),
             },
         )]),
+        before_reset: Vec::new(),
         ended: ended.map(str::to_owned),
     };
     let all = [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")];
@@ -578,4 +604,26 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
     assert_eq!(v.mismatched, 1);
     assert!(!v.passed());
     assert_eq!(v.seen_by_nobody, 3);
+    // A reset starts a new segment: before it, only consecutiveness counts;
+    // after it, everything acknowledged in the new epoch must arrive.
+    let mut reset = conn(&[(1, "a")], None);
+    let before = reset.rooms.insert(
+        "r".into(),
+        RoomLog {
+            epoch: "f".into(),
+            from: 1,
+            recovered: None,
+            got: vec![(1, "z".into())],
+        },
+    );
+    reset.before_reset.push(("r".into(), before.unwrap()));
+    let mut f_acks = acks.clone();
+    f_acks.push(Ack {
+        room: "r".into(),
+        epoch: "f".into(),
+        offset: 1,
+        msg_id: "z".into(),
+    });
+    let v = check(&f_acks, &[reset]);
+    assert_eq!((v.resets, v.lost, v.mismatched), (1, 0, 0), "{v}");
 }

@@ -581,8 +581,17 @@ async fn slow_consumer_is_closed_and_nobody_else_waits(mode: Mode) {
         let m = fast.next_op("msg", WAIT).await.unwrap();
         assert_eq!(m.u64("offset"), Some(i));
     }
-    let (code, reason) = slow.closed(Duration::from_secs(10)).await.unwrap();
-    assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    // The close frame queues behind megabytes the client has not read; the
+    // server abandons a write the socket will not take 1 s into closing, so
+    // a client that drains its socket slower than that (a loaded machine)
+    // sees the connection end without it. The metric below names the cause.
+    match slow.closed(Duration::from_secs(10)).await {
+        Ok((code, reason)) => assert_eq!((code, reason.as_str()), (1008, "slow consumer")),
+        Err(switchboard_client::ClientError::WebSocket(e)) => {
+            assert!(e.contains("EOF") || e.contains("reset"), "{e}")
+        }
+        Err(e) => panic!("{e:?}"),
+    }
     // Counted on the node that held the slow connection.
     let mut counted = false;
     for server in &s.servers {

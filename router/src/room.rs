@@ -13,7 +13,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_bytes::ByteBuf;
-use switchboard_protocol::{event, Bytes, CloseCode, ConnId, ErrorCode, EventSink, Since};
+use switchboard_protocol::{event, Bytes, ConnId, ErrorCode, EventSink, Since};
 
 use switchboard_cluster::Home;
 
@@ -59,6 +59,13 @@ pub enum RoomMsg {
         offset: u64,
         event: Bytes,
     },
+    /// (relay) The home's answer to a re-subscription; `None`: no answer.
+    Resynced {
+        home: Arc<str>,
+        answer: Option<RoomWire>,
+    },
+    /// (relay) Try the re-subscription again.
+    Resync,
     /// Fault injection (`debug.faults`): the room panics.
     Crash,
 }
@@ -166,11 +173,21 @@ enum Mode {
     /// This node sequences the room; `subscribers` are the other nodes with
     /// members.
     Home { subscribers: BTreeSet<Arc<str>> },
-    /// Subscribed at `home`, whose current epoch is `epoch`.
+    /// Subscribed at `home`, whose current epoch is `epoch`; `last` is the
+    /// newest offset received with none missing before it.
     Relay {
         home: Arc<str>,
         epoch: String,
         last: u64,
+    },
+    /// Re-subscribing at `home` after the home changed or a delivery was
+    /// missed: asks for what followed `last` in `epoch`. What the home
+    /// delivers meanwhile is held and applied after the answer.
+    Syncing {
+        home: Arc<str>,
+        epoch: String,
+        last: u64,
+        held: Vec<(String, u64, Bytes)>,
     },
 }
 
@@ -198,15 +215,26 @@ impl RoomCore {
         }
     }
 
-    /// Closes every member (their room moved to another epoch) and forgets
-    /// them; their connections' cleanup sends the leaves.
-    fn close_members(&mut self, reason: &'static str) {
-        if !self.members.is_empty() {
-            tracing::info!(room = %self.name, members = self.members.len(), reason, "closing members");
-            metrics::gauge!("switchboard_rooms").decrement(1.0);
+    /// Tells every member that the room's sequence restarted: messages
+    /// continue after `offset` in `epoch`. They stay members.
+    fn reset_members(&mut self, epoch: &str, offset: u64, reason: &'static str) {
+        if self.members.is_empty() {
+            return;
         }
-        for (_, slot) in self.members.drain() {
-            slot.member.sink.close(CloseCode::Restart, reason);
+        tracing::info!(room = %self.name, members = self.members.len(), epoch, offset, reason, "room reset");
+        metrics::counter!("switchboard_room_resets_total", "reason" => reason).increment(1);
+        let ev = event::reset(&self.name, epoch, offset);
+        for slot in self.members.values_mut() {
+            slot.member.sink.push(ev.clone());
+            slot.delivered = offset;
+        }
+    }
+
+    /// Publications forwarded to a home that will not answer them: their
+    /// publishers get an error and retry (with `msg_id`, safely).
+    fn fail_pending(&mut self, ctx: &RoomContext) {
+        for (_, reply) in self.pending.drain() {
+            reply.fail(ctx, &self.name);
         }
     }
 }
@@ -273,7 +301,7 @@ impl Actor for Room {
             RoomMsg::Leave { conn, ack } => leave(state, conn, ack),
             RoomMsg::Publish(req) => publish(state, *req),
             RoomMsg::Tick => tick(&myself, state),
-            RoomMsg::ViewChanged => view_changed(state),
+            RoomMsg::ViewChanged => view_changed(&myself, state),
             RoomMsg::Subscribe { node, since, reply } => {
                 let _ = reply.send(subscribe(state, node, since));
             }
@@ -295,18 +323,23 @@ impl Actor for Room {
                 epoch,
                 offset,
                 event,
-            } => deliver(state, epoch, offset, event),
+            } => deliver(&myself, state, epoch, offset, event),
+            RoomMsg::Resynced { home, answer } => resynced(&myself, state, home, answer),
+            RoomMsg::Resync => resync_again(&myself, state),
             RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
         }
         Ok(())
     }
 }
 
-/// Makes this node the room's sequencer if it is not already.
-fn become_home(core: &mut RoomCore) {
+/// Makes this node the room's sequencer if it is not already. Members
+/// that followed another home's sequence are reset to this one.
+fn become_home(core: &mut RoomCore, ctx: &RoomContext) {
     if !matches!(core.mode, Mode::Home { .. }) {
-        if matches!(core.mode, Mode::Relay { .. }) {
-            core.close_members("room moved to another node; rejoin with since");
+        if matches!(core.mode, Mode::Relay { .. } | Mode::Syncing { .. }) {
+            core.fail_pending(ctx);
+            let (epoch, last) = (core.history.epoch.clone(), core.history.last_offset());
+            core.reset_members(&epoch, last, "home_changed");
         }
         core.mode = Mode::Home {
             subscribers: BTreeSet::new(),
@@ -347,7 +380,7 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
     match state.ctx.cluster.home(&name) {
         Home::Local => {
             let mut core = state.core.lock();
-            become_home(&mut core);
+            become_home(&mut core, &state.ctx);
             let history = &core.history;
             let last = history.last_offset();
             let (recovered, replay) = match &since {
@@ -406,19 +439,28 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                             replay,
                         })) => {
                             let mut core = state.core.lock();
-                            let keep = matches!(&core.mode, Mode::Relay { home: h, epoch: e, .. } if *h == home && *e == epoch);
-                            if !keep {
-                                core.close_members("room moved to another node; rejoin with since");
+                            // Already following this sequence: deliveries up to
+                            // `offset` may still be on their way to the members
+                            // here (or a re-subscription is filling a gap), so
+                            // the relay's position stays.
+                            let same = match &core.mode {
+                                Mode::Relay {
+                                    home: h, epoch: e, ..
+                                }
+                                | Mode::Syncing {
+                                    home: h, epoch: e, ..
+                                } => *h == home && *e == epoch,
+                                _ => false,
+                            };
+                            if !same {
+                                core.fail_pending(&state.ctx);
+                                core.reset_members(&epoch, offset, "home_changed");
+                                core.mode = Mode::Relay {
+                                    home: home.clone(),
+                                    epoch: epoch.clone(),
+                                    last: offset,
+                                };
                             }
-                            let last = match &core.mode {
-                                Mode::Relay { last, .. } if keep => (*last).max(offset),
-                                _ => offset,
-                            };
-                            core.mode = Mode::Relay {
-                                home: home.clone(),
-                                epoch: epoch.clone(),
-                                last,
-                            };
                             if id != 0 {
                                 member
                                     .sink
@@ -464,7 +506,7 @@ fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSin
     let name = core.name.clone();
     if core.members.is_empty() {
         metrics::gauge!("switchboard_rooms").decrement(1.0);
-        if let Mode::Relay { home, .. } = &core.mode {
+        if let Mode::Relay { home, .. } | Mode::Syncing { home, .. } = &core.mode {
             let msg = RoomWire::Unsubscribe {
                 room: name.to_string(),
                 node: state.ctx.cluster.me().to_string(),
@@ -521,7 +563,7 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
 fn sequence(state: &mut RoomState, req: PublishRequest) {
     let now = Instant::now();
     let mut core = state.core.lock();
-    become_home(&mut core);
+    become_home(&mut core, &state.ctx);
     let RoomCore {
         name,
         history,
@@ -574,7 +616,7 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
         };
     }
     let mut core = state.core.lock();
-    become_home(&mut core);
+    become_home(&mut core, &state.ctx);
     let RoomCore { history, mode, .. } = &mut *core;
     if let Mode::Home { subscribers } = mode {
         subscribers.insert(node);
@@ -600,75 +642,201 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
     }
 }
 
-fn deliver(state: &mut RoomState, epoch: String, offset: u64, ev: Bytes) {
+fn deliver(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    epoch: String,
+    offset: u64,
+    ev: Bytes,
+) {
     let mut core = state.core.lock();
-    let same_epoch = match &mut core.mode {
-        Mode::Relay { epoch: e, last, .. } => {
-            if *e == epoch {
-                *last = (*last).max(offset);
-                true
-            } else {
-                false
-            }
+    let resync = relay(&mut core, epoch, offset, ev);
+    if let Some(home) = resync {
+        start_sync(myself, state, &mut core, home);
+    }
+}
+
+/// Applies one delivery from the home. Never delivers past a gap or
+/// across epochs: holds the message and returns the home to re-subscribe
+/// at, whose answer fills the gap or resets the members.
+fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<Arc<str>> {
+    let (home, e, last) = match &mut core.mode {
+        Mode::Relay { home, epoch, last } => (home.clone(), epoch, last),
+        Mode::Syncing { held, .. } => {
+            held.push((epoch, offset, ev));
+            return None;
         }
         // Not subscribed (any more): a message still on its way.
-        _ => return,
+        _ => return None,
     };
-    if !same_epoch {
-        core.close_members("room restarted on its home; rejoin with since");
+    if *e == epoch && offset <= *last {
+        return None;
+    }
+    if *e != epoch || offset != *last + 1 {
+        tracing::info!(room = %core.name, home = %home, epoch, offset, "gap or new epoch from the home; re-subscribing");
+        let held = vec![(epoch, offset, ev)];
+        if let Mode::Relay { home, epoch, last } = std::mem::replace(&mut core.mode, Mode::Idle) {
+            core.mode = Mode::Syncing {
+                home,
+                epoch,
+                last,
+                held,
+            };
+        }
+        return Some(home);
+    }
+    *last = offset;
+    let now = Instant::now();
+    let mut delivered = 0u64;
+    for slot in core.members.values_mut() {
+        if slot.delivered < offset {
+            slot.member.sink.deliver(ev.clone(), now);
+            slot.delivered = offset;
+            delivered += 1;
+        }
+    }
+    metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
+    None
+}
+
+/// Re-subscribes at `home` without waiting for it: the answer comes back
+/// as `Resynced`. Members stay; deliveries are held meanwhile.
+fn start_sync(myself: &ActorRef<RoomMsg>, state: &RoomState, core: &mut RoomCore, home: Arc<str>) {
+    if core.members.is_empty() {
         core.mode = Mode::Idle;
         return;
     }
-    let now = Instant::now();
-    let mut gaps = Vec::new();
-    for (conn, slot) in core.members.iter_mut() {
-        if offset <= slot.delivered {
-            continue;
-        }
-        if offset == slot.delivered + 1 {
-            slot.member.sink.deliver(ev.clone(), now);
-            slot.delivered = offset;
-        } else {
-            gaps.push(*conn);
-        }
-    }
-    for conn in gaps {
-        // Never deliver past a gap: close instead (the client recovers).
-        if let Some(slot) = core.members.remove(&conn) {
-            tracing::error!(room = %core.name, conn = %conn, "gap in room sequence; closing");
-            slot.member
-                .sink
-                .close(CloseCode::Internal, "missed messages");
-        }
-    }
-    metrics::counter!("switchboard_messages_delivered_total").increment(core.members.len() as u64);
+    let (epoch, last, held) = match std::mem::replace(&mut core.mode, Mode::Idle) {
+        Mode::Relay { epoch, last, .. } => (epoch, last, Vec::new()),
+        Mode::Syncing {
+            epoch, last, held, ..
+        } => (epoch, last, held),
+        Mode::Home { .. } | Mode::Idle => (
+            core.history.epoch.clone(),
+            core.history.last_offset(),
+            Vec::new(),
+        ),
+    };
+    let req = RoomWire::Subscribe {
+        room: core.name.to_string(),
+        node: state.ctx.cluster.me().to_string(),
+        since: Some(SinceWire {
+            epoch: epoch.clone(),
+            offset: last,
+        }),
+    };
+    core.mode = Mode::Syncing {
+        home: home.clone(),
+        epoch,
+        last,
+        held,
+    };
+    let (cluster, myself) = (state.ctx.cluster.clone(), myself.clone());
+    tokio::spawn(async move {
+        let answer = cluster
+            .call(&home, req.encode())
+            .await
+            .and_then(|a| RoomWire::decode(&a).ok());
+        let _ = myself.cast(RoomMsg::Resynced { home, answer });
+    });
 }
 
-fn view_changed(state: &mut RoomState) {
+/// How long a relay waits before asking a home that did not answer again.
+const RESYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn resynced(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    home: Arc<str>,
+    answer: Option<RoomWire>,
+) {
+    let mut core = state.core.lock();
+    let (epoch, last) = match &core.mode {
+        Mode::Syncing {
+            home: h,
+            epoch,
+            last,
+            ..
+        } if *h == home => (epoch.clone(), *last),
+        // Overtaken by a join's own subscription or another move.
+        _ => return,
+    };
+    let Some(RoomWire::Subscribed {
+        epoch: now_epoch,
+        offset,
+        recovered,
+        replay,
+    }) = answer
+    else {
+        tracing::debug!(room = %core.name, home = %home, "re-subscription not answered; retrying");
+        myself.send_after(RESYNC_RETRY, || RoomMsg::Resync);
+        return;
+    };
+    let Mode::Syncing { held, .. } = std::mem::replace(&mut core.mode, Mode::Idle) else {
+        return;
+    };
+    let continued = recovered == Some(true) && now_epoch == epoch;
+    core.mode = Mode::Relay {
+        home: home.clone(),
+        epoch: now_epoch.clone(),
+        last: if continued { last } else { offset },
+    };
+    if continued {
+        for (i, ev) in replay.into_iter().enumerate() {
+            let at = last + 1 + i as u64;
+            relay(&mut core, now_epoch.clone(), at, Bytes::from(ev.into_vec()));
+        }
+    } else {
+        core.reset_members(&now_epoch, offset, "home_changed");
+    }
+    let mut again = None;
+    for (e, o, ev) in held {
+        if let Some(h) = relay(&mut core, e, o, ev) {
+            again = Some(h);
+        }
+    }
+    if let Some(home) = again {
+        start_sync(myself, state, &mut core, home);
+    }
+}
+
+fn resync_again(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
+    let mut core = state.core.lock();
+    let Mode::Syncing { home, .. } = &core.mode else {
+        return;
+    };
+    let home = home.clone();
+    match state.ctx.cluster.home(&core.name) {
+        Home::Remote(now) if now == home => start_sync(myself, state, &mut core, home),
+        // The view moved on; its ViewChanged re-routes the room.
+        _ => {}
+    }
+}
+
+fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
     let name = core.name.clone();
     let home = state.ctx.cluster.home(&name);
-    let moved = match (&core.mode, &home) {
-        (Mode::Home { .. }, Home::Remote(..)) => true,
-        (Mode::Relay { home: h, .. }, Home::Remote(now)) => h != now,
-        (Mode::Relay { .. }, Home::Local) => true,
-        _ => false,
-    };
-    if moved {
-        // No handover yet: the new home starts a new epoch, so members of
-        // the old one are closed and recover (recovered: false).
-        core.close_members("room moved to another node; rejoin with since");
-        core.history = History::new(
-            state.ctx.settings.history_size,
-            state.ctx.settings.history_ttl,
-        );
-        core.mode = Mode::Idle;
-        for (_, reply) in core.pending.drain() {
-            reply.fail(&state.ctx, &name);
+    match (&mut core.mode, home) {
+        (Mode::Home { .. }, Home::Remote(to)) => {
+            // Members here follow the new home; other nodes' relays
+            // re-subscribe there themselves.
+            start_sync(myself, state, &mut core, to);
         }
-    } else if let Mode::Home { subscribers } = &mut core.mode {
-        let view = state.ctx.cluster.view();
-        subscribers.retain(|n| view.peers.contains_key(n));
+        (Mode::Relay { home: from, .. } | Mode::Syncing { home: from, .. }, Home::Remote(to))
+            if *from != to =>
+        {
+            core.fail_pending(&state.ctx);
+            start_sync(myself, state, &mut core, to);
+        }
+        (Mode::Relay { .. } | Mode::Syncing { .. }, Home::Local) => {
+            become_home(&mut core, &state.ctx);
+        }
+        (Mode::Home { subscribers }, Home::Local) => {
+            let view = state.ctx.cluster.view();
+            subscribers.retain(|n| view.peers.contains_key(n));
+        }
+        _ => {}
     }
 }
 
@@ -680,7 +848,7 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         && core.pending.is_empty()
         && match &core.mode {
             Mode::Home { subscribers } => subscribers.is_empty(),
-            Mode::Relay { .. } => false,
+            Mode::Relay { .. } | Mode::Syncing { .. } => false,
             Mode::Idle => true,
         };
     if !idle {
