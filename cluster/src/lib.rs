@@ -56,6 +56,11 @@ pub trait Inbound: Send + Sync + 'static {
     fn peer_up(&self, node: &str);
     /// A peer was lost (after the view dropped it).
     fn peer_down(&self, node: &str);
+    /// A node (a peer, or this one) is leaving: rooms move off it.
+    fn leaving(&self, node: &str);
+    /// A peer announced its wire version (a moment after it came up):
+    /// what needs a version (following a room) may ask it now.
+    fn peer_version(&self, node: &str, version: u32);
 }
 
 /// How long a call to a peer may take.
@@ -135,6 +140,10 @@ impl Cluster {
             let mut view = self.shared.view.write();
             let mut next = (**view).clone();
             let new = next.peers.insert(name.clone(), router).is_none();
+            if new {
+                // A new incarnation of a node that left.
+                next.leaving.remove(&name);
+            }
             *view = Arc::new(next);
             new
         };
@@ -151,6 +160,7 @@ impl Cluster {
             let mut view = self.shared.view.write();
             let mut next = (**view).clone();
             let removed = next.peers.remove(name).is_some();
+            next.leaving.remove(name);
             *view = Arc::new(next);
             removed
         };
@@ -162,10 +172,28 @@ impl Cluster {
         removed
     }
 
-    fn set_version(&self, node: &Arc<str>, version: u32) {
-        if self.router(node).is_some() {
-            self.shared.versions.write().insert(node.clone(), version);
+    /// Marks `node` as leaving; returns whether that is news.
+    fn set_leaving(&self, node: &str) -> bool {
+        let mut view = self.shared.view.write();
+        if !view.has(node) || view.leaving.contains(node) {
+            return false;
         }
+        let mut next = (**view).clone();
+        next.leaving.insert(node.into());
+        *view = Arc::new(next);
+        tracing::info!(node, "node leaving");
+        true
+    }
+
+    /// Whether this node has announced that it is leaving.
+    pub fn is_leaving(&self) -> bool {
+        self.shared.view.read().leaving.contains(&*self.shared.me)
+    }
+
+    /// Records a peer's version; returns whether it is news.
+    fn set_version(&self, node: &Arc<str>, version: u32) -> bool {
+        self.router(node).is_some()
+            && self.shared.versions.write().insert(node.clone(), version) != Some(version)
     }
 
     fn nodes_changed(&self) {
@@ -203,6 +231,36 @@ impl Cluster {
             }
             _ => None,
         }
+    }
+}
+
+impl Cluster {
+    /// Whether any other live peer (a witness) still sees `node`: `None`
+    /// when there is no witness to ask or none answered. A node that lost
+    /// sight of another cannot tell a crash from a partition alone.
+    pub async fn witnessed(&self, node: &str) -> Option<bool> {
+        let witnesses: Vec<Arc<str>> = self
+            .view()
+            .peers
+            .keys()
+            .filter(|p| ***p != *node)
+            .cloned()
+            .collect();
+        let ask = wire::encode(&wire::Control::Sees {
+            node: node.to_owned(),
+        });
+        let mut answered = false;
+        for w in witnesses {
+            if let Some(reply) = self.call(&w, ask.clone()).await {
+                if let Ok(wire::Control::Seen { seen, .. }) = wire::decode(&reply) {
+                    if seen {
+                        return Some(true);
+                    }
+                    answered = true;
+                }
+            }
+        }
+        answered.then_some(false)
     }
 }
 

@@ -29,13 +29,15 @@ const WATCHDOG_MISSES: u32 = 2;
 
 #[derive(RactorClusterMessage)]
 pub enum NodeRouterMsg {
-    /// One encoded [`Wire`] message.
+    /// One encoded message (see [`crate::wire`]).
     Cast(Vec<u8>),
-    /// One encoded [`Wire`] request; the reply is one encoded [`Wire`].
+    /// One encoded request; the reply is one encoded message.
     #[rpc]
     Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// Local timer: ping every peer.
     Watchdog,
+    /// Local: this node is draining; tell every peer.
+    Leave,
 }
 
 /// Generic over what the node does with inbound messages, which it is given
@@ -75,8 +77,11 @@ impl<A> NodeRouter<A> {
 impl<A: Inbound> NodeRouterState<A> {
     fn peer_up(&self, name: Arc<str>, router: ActorRef<NodeRouterMsg>) {
         self.misses.lock().remove(&name);
-        if self.cluster.peer_up(name.clone(), router) {
+        if self.cluster.peer_up(name.clone(), router.clone()) {
             self.app.peer_up(&name);
+            // Its version now rather than at the next watchdog round: rooms
+            // choose followers by it.
+            tokio::spawn(hello(self.cluster.clone(), self.app.clone(), name, router));
         }
     }
 
@@ -128,6 +133,14 @@ impl<A: Inbound> Actor for NodeRouter<A> {
                     .increment(1);
                 // Awaited here, so one peer's messages are handled in order.
                 match wire::variant(&bytes) {
+                    Some("Leaving") => match wire::decode::<Control>(&bytes) {
+                        Ok(Control::Leaving { node }) => {
+                            if state.cluster.set_leaving(&node) {
+                                state.app.leaving(&node);
+                            }
+                        }
+                        _ => refuse(&bytes, "undecodable"),
+                    },
                     Some("Hello" | "Error") | None => refuse(&bytes, "not a cast"),
                     Some(variant) => {
                         let variant = variant.to_owned();
@@ -146,6 +159,15 @@ impl<A: Inbound> Actor for NodeRouter<A> {
                             node: cluster.me().to_string(),
                             version: wire::VERSION,
                         }),
+                        Some("Sees") => match wire::decode::<Control>(&bytes) {
+                            Ok(Control::Sees { node }) => wire::encode(&Control::Seen {
+                                seen: cluster.view().has(&node),
+                                node,
+                            }),
+                            _ => wire::encode(&Control::Error {
+                                reason: "undecodable".into(),
+                            }),
+                        },
                         Some(variant) => {
                             let variant = variant.to_owned();
                             app.call(&variant, bytes).await
@@ -161,6 +183,15 @@ impl<A: Inbound> Actor for NodeRouter<A> {
                 });
             }
             NodeRouterMsg::Watchdog => watchdog(state),
+            NodeRouterMsg::Leave => {
+                let me = state.cluster.me().clone();
+                if state.cluster.set_leaving(&me) {
+                    state.app.leaving(&me);
+                }
+                state.cluster.broadcast(&wire::encode(&Control::Leaving {
+                    node: me.to_string(),
+                }));
+            }
         }
         Ok(())
     }
@@ -202,30 +233,16 @@ impl<A: Inbound> Actor for NodeRouter<A> {
 /// Pings every peer; a peer that misses twice in a row has its session
 /// killed, which `ractor_cluster` turns into a `pg` leave (peer down), and
 /// membership re-dials it.
-fn watchdog<A>(state: &NodeRouterState<A>) {
+fn watchdog<A: Inbound>(state: &NodeRouterState<A>) {
     let view = state.cluster.view();
     for (name, router) in view.peers.iter() {
         let (name, router) = (name.clone(), router.clone());
         let misses = state.misses.clone();
         let cluster = state.cluster.clone();
+        let app = state.app.clone();
         let node_server = state.node_server.clone();
         tokio::spawn(async move {
-            let bytes = wire::encode(&Control::Hello {
-                node: cluster.me().to_string(),
-                version: wire::VERSION,
-            });
-            let answer = router
-                .call(|r| NodeRouterMsg::Call(bytes, r), Some(WATCHDOG_TIMEOUT))
-                .await;
-            let answered = match answer {
-                Ok(ractor::rpc::CallResult::Success(reply)) => {
-                    if let Ok(Control::Hello { version, .. }) = wire::decode(&reply) {
-                        cluster.set_version(&name, version);
-                    }
-                    true
-                }
-                _ => false,
-            };
+            let answered = hello(cluster, app, name.clone(), router.clone()).await;
             let missed = {
                 let mut m = misses.lock();
                 let n = m.entry(name.clone()).or_insert(0);
@@ -238,6 +255,34 @@ fn watchdog<A>(state: &NodeRouterState<A>) {
                 kill_session(&node_server, router.get_id().node()).await;
             }
         });
+    }
+}
+
+/// Pings a peer; learns its wire version from the answer. Whether it
+/// answered in time.
+async fn hello<A: Inbound>(
+    cluster: Cluster,
+    app: Arc<A>,
+    name: Arc<str>,
+    router: ActorRef<NodeRouterMsg>,
+) -> bool {
+    let bytes = wire::encode(&Control::Hello {
+        node: cluster.me().to_string(),
+        version: wire::VERSION,
+    });
+    let answer = router
+        .call(|r| NodeRouterMsg::Call(bytes, r), Some(WATCHDOG_TIMEOUT))
+        .await;
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(reply)) => {
+            if let Ok(Control::Hello { version, .. }) = wire::decode(&reply) {
+                if cluster.set_version(&name, version) {
+                    app.peer_version(&name, version);
+                }
+            }
+            true
+        }
+        _ => false,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The live nodes, and where each room is homed among them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ractor::ActorRef;
@@ -13,6 +13,10 @@ pub struct View {
     pub me: Arc<str>,
     /// Peers' names and their NodeRouters (refreshed on every reconnect).
     pub peers: BTreeMap<Arc<str>, ActorRef<NodeRouterMsg>>,
+    /// Nodes that announced they are draining (this one included): still
+    /// reachable, but they home no room, so their rooms move while they can
+    /// still hand them over.
+    pub leaving: BTreeSet<Arc<str>>,
 }
 
 /// Where a room is sequenced.
@@ -27,22 +31,42 @@ impl View {
         Self {
             me,
             peers: BTreeMap::new(),
+            leaving: BTreeSet::new(),
         }
     }
 
-    /// The rendezvous-hash winner for `room` among the live nodes.
+    /// The nodes that may home `room`, best first: the live ones that are
+    /// not leaving, in rendezvous order. The first is the room's home, the
+    /// second the node that takes over if the home is lost.
+    pub fn ranked(&self, room: &str) -> Vec<Arc<str>> {
+        let mut nodes: Vec<(u64, &Arc<str>)> = std::iter::once(&self.me)
+            .chain(self.peers.keys())
+            .filter(|n| !self.leaving.contains(*n))
+            .map(|n| (score(room, n).0, n))
+            .collect();
+        nodes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1)));
+        nodes.into_iter().map(|(_, n)| n.clone()).collect()
+    }
+
+    /// The rendezvous-hash winner for `room` among the live nodes that are
+    /// not leaving (a node that is leaving itself sees every room elsewhere;
+    /// alone and leaving, it keeps them).
     pub fn home(&self, room: &str) -> Home {
-        let mut best = (score(room, &self.me), None);
-        for name in self.peers.keys() {
-            let s = score(room, name);
-            if s > best.0 {
-                best = (s, Some(name));
-            }
+        match self.ranked(room).first() {
+            Some(n) if *n != self.me => Home::Remote(n.clone()),
+            _ => Home::Local,
         }
-        match best.1 {
-            None => Home::Local,
-            Some(name) => Home::Remote(name.clone()),
-        }
+    }
+
+    /// The peer (leaving ones included) that would home `room` if this
+    /// node were not there: where a new home looks for the room's state.
+    pub fn previous(&self, room: &str) -> Option<Arc<str>> {
+        self.peers.keys().max_by_key(|n| score(room, n)).cloned()
+    }
+
+    /// Whether `node` is in the view (this node or a live peer).
+    pub fn has(&self, node: &str) -> bool {
+        *self.me == *node || self.peers.contains_key(node)
     }
 
     pub fn nodes(&self) -> usize {

@@ -57,7 +57,22 @@ pub enum Control {
         version: u32,
     },
     /// A call failed on the receiving side.
-    Error { reason: String },
+    Error {
+        reason: String,
+    },
+    /// (cast) The sender is draining: it homes no room from now on, and
+    /// leaves once it has handed its rooms over.
+    Leaving {
+        node: String,
+    },
+    /// (call) Is `node` in your view? Answered by `Seen`.
+    Sees {
+        node: String,
+    },
+    Seen {
+        node: String,
+        seen: bool,
+    },
 }
 
 fn first_version() -> u32 {

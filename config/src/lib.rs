@@ -94,6 +94,9 @@ pub struct ClusterSettings {
     pub dns: Option<String>,
     /// Shared secret every node of the cluster presents.
     pub cookie: String,
+    /// Nodes that hold each room message before its `ok` (the home and
+    /// `replicas - 1` followers; 1 or 2).
+    pub replicas: usize,
 }
 
 impl Default for ClusterSettings {
@@ -104,6 +107,7 @@ impl Default for ClusterSettings {
             seeds: Vec::new(),
             dns: None,
             cookie: "switchboard-dev-cookie".into(),
+            replicas: 2,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Settings {
         }
         if self.cluster.cookie.is_empty() {
             return err("cluster.cookie", "must not be empty".into());
+        }
+        if !(1..=2).contains(&self.cluster.replicas) {
+            return err("cluster.replicas", "must be 1 or 2".into());
         }
         if self.auth.mode == AuthMode::Jwt
             && self.auth.hs256_secret.as_deref().unwrap_or("").is_empty()

@@ -31,6 +31,8 @@ pub struct NodeCtx {
     pub cluster: Cluster,
     /// Where the cluster listener is bound (`cluster.listen` may name port 0).
     pub cluster_addr: Option<std::net::SocketAddr>,
+    /// This node's NodeRouter, when clustered (told when the node leaves).
+    pub node_router: Option<ractor::ActorRef<switchboard_cluster::NodeRouterMsg>>,
     pub auth: Authenticator,
     /// Open connections, for draining.
     pub conns: DashMap<ConnId, Arc<Outbound>>,
@@ -119,6 +121,14 @@ impl Inbound for App {
     fn peer_down(&self, node: &str) {
         self.rooms.view_changed();
         self.presence.peer_down(node);
+    }
+
+    fn leaving(&self, _node: &str) {
+        self.rooms.view_changed();
+    }
+
+    fn peer_version(&self, _node: &str, _version: u32) {
+        self.rooms.view_changed();
     }
 }
 
@@ -232,6 +242,7 @@ pub async fn start(
         history_size: settings.history.size,
         history_ttl: settings.history.ttl(),
         tick: Duration::from_secs(1).min(settings.history.ttl()),
+        replicas: settings.cluster.replicas,
     };
     let observer = Arc::new(PresenceObserver(presence.clone()));
     let (rooms, _) =
@@ -239,6 +250,7 @@ pub async fn start(
             .await
             .map_err(|e| spawn_err("rooms", &e))?;
     let mut cluster_addr = None;
+    let mut node_router = None;
     if let Some(listen) = settings.cluster.listen {
         let c = &settings.cluster;
         let membership = switchboard_cluster::ClusterSettings {
@@ -255,7 +267,7 @@ pub async fn start(
             rooms: rooms.clone(),
             presence: presence.clone(),
         });
-        let (_, bound) = switchboard_cluster::start(
+        let (router, bound) = switchboard_cluster::start(
             cluster.clone(),
             membership,
             app,
@@ -266,6 +278,7 @@ pub async fn start(
         .map_err(|e| spawn_err("cluster", &e))?;
         tracing::info!(addr = %bound, "cluster listening");
         cluster_addr = Some(bound);
+        node_router = Some(router);
     }
 
     let sessions = Arc::new(DashMap::new());
@@ -280,6 +293,7 @@ pub async fn start(
         presence,
         cluster,
         cluster_addr,
+        node_router,
         auth,
         conns: DashMap::new(),
         sessions,
@@ -290,6 +304,10 @@ pub async fn start(
     });
     Ok((ctx, root))
 }
+
+/// How long a draining node waits for its rooms to be fetched by their new
+/// homes before it closes its connections.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl NodeCtx {
     /// Serving: not draining, and (in a cluster) the seeds have been tried.
@@ -304,6 +322,16 @@ impl NodeCtx {
     pub async fn drain(&self, drain: Duration) {
         self.draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(router) = &self.node_router {
+            // Rooms move off this node first, while it can still hand them
+            // over; its clients rejoin elsewhere and recover with `since`.
+            let _ = router.cast(switchboard_cluster::NodeRouterMsg::Leave);
+            let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+            while self.rooms.held() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!(still_held = self.rooms.held(), "rooms handed over");
+        }
         let mut conns: Vec<Arc<Outbound>> = self.conns.iter().map(|e| e.value().clone()).collect();
         fastrand::shuffle(&mut conns);
         let n = conns.len();

@@ -45,6 +45,7 @@ fn fanout(c: &mut Criterion) {
                 history_size: 100,
                 history_ttl: std::time::Duration::from_secs(300),
                 tick: std::time::Duration::from_secs(1),
+                replicas: 2,
             };
             let (rooms, _) =
                 RoomSupervisor::start(settings, Cluster::new("bench"), Arc::new(NoPresence), None)

@@ -3,7 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde_bytes::ByteBuf;
 use switchboard_protocol::Bytes;
+
+use crate::wire::Logged;
 
 struct Entry {
     offset: u64,
@@ -17,6 +20,9 @@ struct Entry {
 pub(crate) struct History {
     pub(crate) epoch: String,
     last_offset: u64,
+    /// The newest offset members may see: a home releases a message once
+    /// its follower holds a copy. Unreleased entries are never dropped.
+    released: u64,
     entries: VecDeque<Entry>,
     msg_ids: HashMap<Box<str>, u64>,
     size: usize,
@@ -36,6 +42,7 @@ impl History {
         Self {
             epoch: format!("{:016x}", fastrand::u64(..)),
             last_offset: 0,
+            released: 0,
             entries: VecDeque::with_capacity(size.min(16)),
             msg_ids: HashMap::new(),
             size,
@@ -43,8 +50,44 @@ impl History {
         }
     }
 
+    /// The newest offset sequenced (released or not).
     pub(crate) fn last_offset(&self) -> u64 {
         self.last_offset
+    }
+
+    /// The newest offset members may see.
+    pub(crate) fn released(&self) -> u64 {
+        self.released
+    }
+
+    /// Releases everything up to `upto`; returns the newly released events.
+    pub(crate) fn release(&mut self, upto: u64) -> Vec<(u64, Bytes)> {
+        let upto = upto.min(self.last_offset);
+        if upto <= self.released {
+            return Vec::new();
+        }
+        let from = self.released;
+        self.released = upto;
+        let out = self
+            .entries
+            .iter()
+            .filter(|e| e.offset > from && e.offset <= upto)
+            .map(|e| (e.offset, e.event.clone()))
+            .collect();
+        self.trim();
+        out
+    }
+
+    /// Keeps at most `size` released entries (unreleased ones stay).
+    fn trim(&mut self) {
+        while self.entries.len() > self.size
+            && self
+                .entries
+                .front()
+                .is_some_and(|e| e.offset <= self.released)
+        {
+            self.pop_oldest();
+        }
     }
 
     /// The offset a `msg_id` was published at, while it is remembered.
@@ -62,31 +105,25 @@ impl History {
         self.last_offset += 1;
         let offset = self.last_offset;
         let event = encode(offset);
-        if self.size > 0 {
-            if self.entries.len() == self.size {
-                self.pop_oldest();
-            }
-            let msg_id: Option<Box<str>> = msg_id.map(Into::into);
-            if let Some(id) = &msg_id {
-                self.msg_ids.insert(id.clone(), offset);
-            }
-            self.entries.push_back(Entry {
-                offset,
-                at: now,
-                event: event.clone(),
-                msg_id,
-            });
+        let msg_id: Option<Box<str>> = msg_id.map(Into::into);
+        if let Some(id) = &msg_id {
+            self.msg_ids.insert(id.clone(), offset);
         }
+        self.entries.push_back(Entry {
+            offset,
+            at: now,
+            event: event.clone(),
+            msg_id,
+        });
+        self.trim();
         (offset, event)
     }
 
     /// Drops what is older than the history TTL.
     pub(crate) fn expire(&mut self, now: Instant) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| now.saturating_duration_since(e.at) > self.ttl)
-        {
+        while self.entries.front().is_some_and(|e| {
+            e.offset <= self.released && now.saturating_duration_since(e.at) > self.ttl
+        }) {
             self.pop_oldest();
         }
     }
@@ -105,31 +142,89 @@ impl History {
         }
     }
 
-    /// Messages with an offset greater than `after`, if all are retained.
+    /// Released messages with an offset greater than `after`, if all are
+    /// retained.
     pub(crate) fn since(&self, epoch: &str, after: u64) -> Recovery<'_> {
-        if epoch != self.epoch || after > self.last_offset {
+        if epoch != self.epoch || after > self.released {
             return Recovery::Lost;
         }
-        if after == self.last_offset {
+        if after == self.released {
             return Recovery::Replay(Vec::new());
         }
         match self.entries.front() {
-            Some(first) if first.offset <= after + 1 => Recovery::Replay(
-                self.entries
-                    .iter()
-                    .filter(|e| e.offset > after)
-                    .map(|e| &e.event)
-                    .collect(),
-            ),
+            Some(first) if first.offset <= after + 1 => {
+                Recovery::Replay(self.after(after).collect())
+            }
             _ => Recovery::Lost,
         }
     }
 
-    /// Events after `after` (for members of a restarted room).
-    pub(crate) fn after(&self, after: u64) -> impl Iterator<Item = &Bytes> {
+    /// The retained messages, as a snapshot carries them.
+    pub(crate) fn to_wire(&self, now: Instant) -> Vec<Logged> {
         self.entries
             .iter()
-            .filter(move |e| e.offset > after)
+            .map(|e| Logged {
+                offset: e.offset,
+                msg_id: e.msg_id.as_deref().map(str::to_owned),
+                age_ms: now.saturating_duration_since(e.at).as_millis() as u64,
+                event: ByteBuf::from(e.event.to_vec()),
+            })
+            .collect()
+    }
+
+    /// A history rebuilt from a snapshot: `epoch`, its newest offset and
+    /// the messages retained (consecutive, ending at `last`). Refused, with
+    /// the reason, if they are not.
+    pub(crate) fn from_wire(
+        size: usize,
+        ttl: Duration,
+        epoch: String,
+        last: u64,
+        entries: Vec<Logged>,
+        now: Instant,
+    ) -> Result<Self, String> {
+        if epoch.is_empty() || epoch.len() > 64 {
+            return Err("bad epoch".into());
+        }
+        let mut h = Self::new(size, ttl);
+        h.epoch = epoch;
+        if entries.len() as u64 > last {
+            return Err("more entries than offsets".into());
+        }
+        h.last_offset = last - entries.len() as u64;
+        h.released = h.last_offset;
+        for e in entries {
+            h.push(now, e)?;
+        }
+        Ok(h)
+    }
+
+    /// Appends a message sequenced elsewhere (a follower's copy); it must be
+    /// the next offset.
+    pub(crate) fn push(&mut self, now: Instant, e: Logged) -> Result<(), String> {
+        if e.offset != self.last_offset + 1 {
+            return Err(format!(
+                "offset {} does not follow {}",
+                e.offset, self.last_offset
+            ));
+        }
+        let at = now
+            .checked_sub(Duration::from_millis(e.age_ms))
+            .unwrap_or(now);
+        let event = Bytes::from(e.event.into_vec());
+        self.append(at, e.msg_id.as_deref(), |_| event);
+        // A copy is all released: whoever takes it over may show all of it.
+        self.released = self.last_offset;
+        self.trim();
+        Ok(())
+    }
+
+    /// Released events after `after` (for members of a restarted room).
+    pub(crate) fn after(&self, after: u64) -> impl Iterator<Item = &Bytes> {
+        let released = self.released;
+        self.entries
+            .iter()
+            .filter(move |e| e.offset > after && e.offset <= released)
             .map(|e| &e.event)
     }
 }
@@ -150,6 +245,10 @@ mod tests {
         for _ in 0..3 {
             h.append(now, None, ev);
         }
+        // Unreleased messages are all kept, and shown to nobody.
+        assert_eq!((h.offset_of("a"), h.released()), (Some(1), 0));
+        assert!(matches!(h.since(&h.epoch.clone(), 0), Recovery::Replay(v) if v.is_empty()));
+        assert_eq!(h.release(4).len(), 4);
         assert_eq!(h.last_offset(), 4);
         assert_eq!(h.offset_of("a"), None);
         let epoch = h.epoch.clone();
@@ -164,11 +263,49 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_round_trip_and_bad_ones_are_refused() {
+        let now = Instant::now();
+        let mut h = History::new(3, Duration::from_secs(60));
+        for i in 0..5 {
+            h.append(now, Some(&format!("m{i}")), ev);
+        }
+        h.release(5);
+        let wire = h.to_wire(now);
+        let mut copy = History::from_wire(
+            3,
+            Duration::from_secs(60),
+            h.epoch.clone(),
+            5,
+            wire.clone(),
+            now,
+        )
+        .unwrap();
+        assert_eq!((copy.last_offset(), copy.offset_of("m4")), (5, Some(5)));
+        assert!(matches!(copy.since(&h.epoch, 2), Recovery::Replay(v) if v.len() == 3));
+        // Not consecutive, or not ending at `last`: refused.
+        let mut gap = wire.clone();
+        gap.remove(1);
+        assert!(History::from_wire(3, Duration::from_secs(60), "e".into(), 5, gap, now).is_err());
+        assert!(History::from_wire(3, Duration::from_secs(60), "e".into(), 1, wire, now).is_err());
+        // A follower takes only the next offset.
+        let next = |offset| Logged {
+            offset,
+            msg_id: None,
+            age_ms: 0,
+            event: ByteBuf::from(vec![1]),
+        };
+        assert!(copy.push(now, next(7)).is_err());
+        copy.push(now, next(6)).unwrap();
+        assert_eq!((copy.last_offset(), copy.released()), (6, 6));
+    }
+
+    #[test]
     fn ttl_expires() {
         let t0 = Instant::now();
         let mut h = History::new(10, Duration::from_secs(5));
         h.append(t0, Some("x"), ev);
         h.append(t0 + Duration::from_secs(4), None, ev);
+        h.release(2);
         h.expire(t0 + Duration::from_secs(6));
         assert_eq!(h.offset_of("x"), None);
         let epoch = h.epoch.clone();

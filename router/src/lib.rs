@@ -11,7 +11,9 @@
 //! offsets, history and members, and replays to each member what the crash
 //! kept from it.
 
+mod copy;
 mod history;
+mod home;
 mod member;
 mod room;
 mod rooms;

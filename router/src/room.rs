@@ -66,6 +66,16 @@ pub enum RoomMsg {
     },
     /// (relay) Try the re-subscription again.
     Resync,
+    /// (home) How this node came to hold the room (see `home.rs`).
+    Acquired(Box<crate::home::Acquired>),
+    /// A peer's replication message for this room (`Append`, `Appended`,
+    /// `Snapshot`, `Forget`).
+    Replication(Box<RoomWire>),
+    /// (holder) A new home asks for the room; answered with a snapshot.
+    Fetch {
+        node: Arc<str>,
+        reply: tokio::sync::oneshot::Sender<RoomWire>,
+    },
     /// Fault injection (`debug.faults`): the room panics.
     Crash,
 }
@@ -115,7 +125,7 @@ pub enum PublishReply {
 const MAX_HOPS: u8 = 2;
 
 impl PublishReply {
-    fn send(self, ctx: &RoomContext, room: &str, epoch: &str, offset: u64) {
+    pub(crate) fn send(self, ctx: &RoomContext, room: &str, epoch: &str, offset: u64) {
         match self {
             PublishReply::None => {}
             PublishReply::Ok { id, sink } => {
@@ -137,7 +147,7 @@ impl PublishReply {
     }
 
     /// The publication could not be sequenced.
-    fn fail(self, ctx: &RoomContext, room: &str) {
+    pub(crate) fn fail(self, ctx: &RoomContext, room: &str) {
         match self {
             PublishReply::None | PublishReply::Offset(_) => {}
             PublishReply::Ok { id, sink } => {
@@ -160,14 +170,14 @@ impl PublishReply {
     }
 }
 
-struct Slot {
-    member: Member,
+pub(crate) struct Slot {
+    pub(crate) member: Member,
     /// Newest offset queued to this member.
-    delivered: u64,
+    pub(crate) delivered: u64,
 }
 
 /// The room's relation to its home.
-enum Mode {
+pub(crate) enum Mode {
     /// No members and not the home of anyone's subscription.
     Idle,
     /// This node sequences the room; `subscribers` are the other nodes with
@@ -189,18 +199,36 @@ enum Mode {
         last: u64,
         held: Vec<(String, u64, Bytes)>,
     },
+    /// This node is the home but does not hold the room yet: it is taking
+    /// it over or fetching it (`home.rs`). What needs the home waits in
+    /// `queue`; `epoch` is what the members here followed, and how far.
+    Acquiring {
+        queue: Vec<RoomMsg>,
+        epoch: Option<(String, u64)>,
+    },
 }
 
 /// A room's state that outlives a crash of its actor. Its supervisor keeps
 /// it and hands it to the restarted Room.
 pub struct RoomCore {
     pub(crate) name: Arc<str>,
-    history: History,
-    members: HashMap<ConnId, Slot>,
-    mode: Mode,
+    pub(crate) history: History,
+    pub(crate) members: HashMap<ConnId, Slot>,
+    pub(crate) mode: Mode,
     /// Publications forwarded to the home, waiting for their offset.
-    pending: HashMap<u64, PublishReply>,
+    pub(crate) pending: HashMap<u64, PublishReply>,
     next_ack: u64,
+    /// This node holds the room's sequence (`history.epoch`): it is the
+    /// home, or was and has not handed the room over. Only a holder
+    /// sequences, and an epoch has one holder at a time.
+    pub(crate) holds: bool,
+    /// (home) The node that keeps a copy of the sequence and confirms each
+    /// message before it is released (`cluster.replicas` = 2).
+    pub(crate) follower: Option<crate::home::Follower>,
+    /// (home) Replies waiting for their offset to be released.
+    pub(crate) waiting: std::collections::VecDeque<(u64, PublishReply)>,
+    /// (follower) Copies of other homes' sequences of this room, by home.
+    pub(crate) copies: HashMap<Arc<str>, History>,
 }
 
 impl RoomCore {
@@ -212,12 +240,16 @@ impl RoomCore {
             mode: Mode::Idle,
             pending: HashMap::new(),
             next_ack: 1,
+            holds: false,
+            follower: None,
+            waiting: std::collections::VecDeque::new(),
+            copies: HashMap::new(),
         }
     }
 
     /// Tells every member that the room's sequence restarted: messages
     /// continue after `offset` in `epoch`. They stay members.
-    fn reset_members(&mut self, epoch: &str, offset: u64, reason: &'static str) {
+    pub(crate) fn reset_members(&mut self, epoch: &str, offset: u64, reason: &'static str) {
         if self.members.is_empty() {
             return;
         }
@@ -232,8 +264,11 @@ impl RoomCore {
 
     /// Publications forwarded to a home that will not answer them: their
     /// publishers get an error and retry (with `msg_id`, safely).
-    fn fail_pending(&mut self, ctx: &RoomContext) {
+    pub(crate) fn fail_pending(&mut self, ctx: &RoomContext) {
         for (_, reply) in self.pending.drain() {
+            reply.fail(ctx, &self.name);
+        }
+        for (_, reply) in self.waiting.drain(..) {
             reply.fail(ctx, &self.name);
         }
     }
@@ -248,8 +283,8 @@ pub struct RoomArgs {
 }
 
 pub struct RoomState {
-    core: Arc<Mutex<RoomCore>>,
-    ctx: Arc<RoomContext>,
+    pub(crate) core: Arc<Mutex<RoomCore>>,
+    pub(crate) ctx: Arc<RoomContext>,
     /// Removed from the registry and draining: whatever still arrives is
     /// forwarded to the room's next incarnation.
     retiring: bool,
@@ -272,7 +307,7 @@ impl Actor for Room {
             let RoomCore {
                 history, members, ..
             } = &mut *core;
-            let last = history.last_offset();
+            let last = history.released();
             for slot in members.values_mut().filter(|s| s.delivered < last) {
                 for ev in history.after(slot.delivered) {
                     slot.member.sink.push(ev.clone());
@@ -296,58 +331,83 @@ impl Actor for Room {
         if state.retiring {
             return forward(state, msg).await;
         }
-        match msg {
-            RoomMsg::Join(req) => join(state, *req).await,
-            RoomMsg::Leave { conn, ack } => leave(state, conn, ack),
-            RoomMsg::Publish(req) => publish(state, *req),
-            RoomMsg::Tick => tick(&myself, state),
-            RoomMsg::ViewChanged => view_changed(&myself, state),
-            RoomMsg::Subscribe { node, since, reply } => {
-                let _ = reply.send(subscribe(state, node, since));
-            }
-            RoomMsg::Unsubscribe { node } => {
-                if let Mode::Home { subscribers } = &mut state.core.lock().mode {
-                    subscribers.remove(&node);
-                }
-            }
-            RoomMsg::PubAck { ack, offset, epoch } => {
-                let reply = state.core.lock().pending.remove(&ack);
-                let name = state.core.lock().name.clone();
-                match (reply, offset) {
-                    (Some(r), Some(o)) => r.send(&state.ctx, &name, &epoch, o),
-                    (Some(r), None) => r.fail(&state.ctx, &name),
-                    (None, _) => {}
-                }
-            }
-            RoomMsg::Deliver {
-                epoch,
-                offset,
-                event,
-            } => deliver(&myself, state, epoch, offset, event),
-            RoomMsg::Resynced { home, answer } => resynced(&myself, state, home, answer),
-            RoomMsg::Resync => resync_again(&myself, state),
-            RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
-        }
+        dispatch(&myself, state, msg).await;
         Ok(())
     }
 }
 
-/// Makes this node the room's sequencer if it is not already. Members
-/// that followed another home's sequence are reset to this one.
-fn become_home(core: &mut RoomCore, ctx: &RoomContext) {
-    if !matches!(core.mode, Mode::Home { .. }) {
-        if matches!(core.mode, Mode::Relay { .. } | Mode::Syncing { .. }) {
-            core.fail_pending(ctx);
-            let (epoch, last) = (core.history.epoch.clone(), core.history.last_offset());
-            core.reset_members(&epoch, last, "home_changed");
+/// Whether handling `msg` here needs this node to hold the room.
+fn needs_holder(msg: &RoomMsg) -> bool {
+    matches!(
+        msg,
+        RoomMsg::Join(_) | RoomMsg::Publish(_) | RoomMsg::Subscribe { .. }
+    )
+}
+
+pub(crate) async fn dispatch(myself: &ActorRef<RoomMsg>, state: &mut RoomState, msg: RoomMsg) {
+    {
+        let mut core = state.core.lock();
+        if let Mode::Acquiring { queue, .. } = &mut core.mode {
+            // Member changes keep their order with the joins that wait.
+            if needs_holder(&msg) || matches!(msg, RoomMsg::Leave { .. }) {
+                queue.push(msg);
+                return;
+            }
+        } else if needs_holder(&msg)
+            && !matches!(core.mode, Mode::Home { .. })
+            && state.ctx.cluster.home(&core.name) == Home::Local
+        {
+            drop(core);
+            crate::home::acquire(myself, state, Some(msg));
+            return;
         }
-        core.mode = Mode::Home {
-            subscribers: BTreeSet::new(),
-        };
+    }
+    match msg {
+        RoomMsg::Join(req) => join(state, *req).await,
+        RoomMsg::Leave { conn, ack } => leave(state, conn, ack),
+        RoomMsg::Publish(req) => publish(state, *req),
+        RoomMsg::Tick => tick(myself, state),
+        RoomMsg::ViewChanged => view_changed(myself, state),
+        RoomMsg::Subscribe { node, since, reply } => {
+            let _ = reply.send(subscribe(state, node, since));
+        }
+        RoomMsg::Unsubscribe { node } => {
+            if let Mode::Home { subscribers } = &mut state.core.lock().mode {
+                subscribers.remove(&node);
+            }
+        }
+        RoomMsg::PubAck { ack, offset, epoch } => {
+            let reply = state.core.lock().pending.remove(&ack);
+            let name = state.core.lock().name.clone();
+            match (reply, offset) {
+                (Some(r), Some(o)) => r.send(&state.ctx, &name, &epoch, o),
+                (Some(r), None) => r.fail(&state.ctx, &name),
+                (None, _) => {}
+            }
+        }
+        RoomMsg::Deliver {
+            epoch,
+            offset,
+            event,
+        } => deliver(myself, state, epoch, offset, event),
+        RoomMsg::Resynced { home, answer } => resynced(myself, state, home, answer),
+        RoomMsg::Resync => resync_again(myself, state),
+        RoomMsg::Acquired(how) => Box::pin(crate::home::acquired(myself, state, *how)).await,
+        RoomMsg::Replication(wire) => crate::copy::handle(myself, state, *wire),
+        RoomMsg::Fetch { node, reply } => {
+            let _ = reply.send(crate::home::hand_over(myself, state, node));
+        }
+        RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
     }
 }
 
-fn add_member(core: &mut RoomCore, member: Member, delivered: u64) {
+/// Whether this node is the room's sequencer now (a race with a view change
+/// between the gate in `dispatch` and here leaves it not).
+fn is_home(core: &RoomCore) -> bool {
+    matches!(core.mode, Mode::Home { .. })
+}
+
+pub(crate) fn add_member(core: &mut RoomCore, member: Member, delivered: u64) {
     if core.members.is_empty() {
         metrics::gauge!("switchboard_rooms").increment(1.0);
     }
@@ -367,7 +427,7 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
         let core = state.core.lock();
         let (epoch, last) = match &core.mode {
             Mode::Relay { epoch, last, .. } => (epoch.clone(), *last),
-            _ => (core.history.epoch.clone(), core.history.last_offset()),
+            _ => (core.history.epoch.clone(), core.history.released()),
         };
         if id != 0 {
             let recovered = since.map(|s| s.epoch == epoch);
@@ -380,9 +440,13 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
     match state.ctx.cluster.home(&name) {
         Home::Local => {
             let mut core = state.core.lock();
-            become_home(&mut core, &state.ctx);
+            if !is_home(&core) {
+                drop(core);
+                refuse_join(member, id, refused);
+                return;
+            }
             let history = &core.history;
-            let last = history.last_offset();
+            let last = history.released();
             let (recovered, replay) = match &since {
                 None => (None, Vec::new()),
                 Some(s) => match history.since(&s.epoch, s.offset) {
@@ -473,16 +537,7 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                         }
                         other => {
                             tracing::warn!(room = %name, home = %home, ?other, "subscribe failed");
-                            // Before the answer: the client may send its next
-                            // join as soon as it reads it.
-                            if let Some(refused) = refused {
-                                refused();
-                            }
-                            member.sink.push(event::err(
-                                id,
-                                ErrorCode::Unavailable,
-                                "room: its home node is unavailable; retry",
-                            ));
+                            refuse_join(member, id, refused);
                             return;
                         }
                     }
@@ -493,6 +548,20 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
         }
     }
     state.ctx.observer.joined(&name, &member);
+}
+
+/// The room's home could not take the join: the client retries.
+fn refuse_join(member: Member, id: u64, refused: Option<Box<dyn FnOnce() + Send>>) {
+    // Before the answer: the client may send its next join as soon as it
+    // reads it.
+    if let Some(refused) = refused {
+        refused();
+    }
+    member.sink.push(event::err(
+        id,
+        ErrorCode::Unavailable,
+        "room: its home node is unavailable; retry",
+    ));
 }
 
 fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSink>)>) {
@@ -563,49 +632,90 @@ fn publish(state: &mut RoomState, req: PublishRequest) {
 fn sequence(state: &mut RoomState, req: PublishRequest) {
     let now = Instant::now();
     let mut core = state.core.lock();
-    become_home(&mut core, &state.ctx);
+    if !is_home(&core) {
+        let name = core.name.clone();
+        drop(core);
+        req.reply.fail(&state.ctx, &name);
+        return;
+    }
+    let name = core.name.clone();
+    let epoch = core.history.epoch.clone();
+    let msg_id = req.msg_id.as_deref();
+    if let Some(offset) = msg_id.and_then(|m| core.history.offset_of(m)) {
+        if offset <= core.history.released() {
+            drop(core);
+            req.reply.send(&state.ctx, &name, &epoch, offset);
+        } else {
+            core.waiting.push_back((offset, req.reply));
+        }
+        return;
+    }
+    let (offset, ev) = core.history.append(now, msg_id, |offset| {
+        event::msg(&name, offset, &req.from, &req.data)
+    });
+    metrics::counter!("switchboard_messages_published_total").increment(1);
+    core.waiting.push_back((offset, req.reply));
+    match &core.follower {
+        Some(f) => {
+            let append = RoomWire::Append {
+                room: name.to_string(),
+                home: state.ctx.cluster.me().to_string(),
+                epoch,
+                entry: crate::wire::Logged {
+                    offset,
+                    msg_id: req.msg_id.clone(),
+                    age_ms: 0,
+                    event: ByteBuf::from(ev.to_vec()),
+                },
+            };
+            state.ctx.cluster.send(&f.node, append.encode());
+        }
+        None => release(&mut core, &state.ctx, offset),
+    }
+}
+
+/// Delivers everything sequenced up to `upto` that was not yet: to the
+/// members here, once to each subscribed node, and the publishers' `ok`s.
+pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
+    let now = Instant::now();
+    let events = core.history.release(upto);
     let RoomCore {
         name,
         history,
         members,
         mode,
+        waiting,
         ..
-    } = &mut *core;
-    let name = name.clone();
-    let msg_id = req.msg_id.as_deref();
-    let epoch = history.epoch.clone();
-    if let Some(offset) = msg_id.and_then(|m| history.offset_of(m)) {
-        drop(core);
-        req.reply.send(&state.ctx, &name, &epoch, offset);
-        return;
-    }
-    let (offset, ev) = history.append(now, msg_id, |offset| {
-        event::msg(&name, offset, &req.from, &req.data)
-    });
+    } = core;
     let mut delivered = 0u64;
-    for slot in members.values_mut() {
-        if slot.member.sink.deliver(ev.clone(), now) {
-            delivered += 1;
-        }
-        slot.delivered = offset;
-    }
-    if let Mode::Home { subscribers } = mode {
-        if !subscribers.is_empty() {
-            // Encoded once, sent once per node with members.
-            let bytes = RoomWire::Deliver {
-                room: name.to_string(),
-                epoch: history.epoch.clone(),
-                offset,
-                event: ByteBuf::from(ev.to_vec()),
+    for (offset, ev) in events {
+        for slot in members.values_mut().filter(|s| s.delivered < offset) {
+            if slot.member.sink.deliver(ev.clone(), now) {
+                delivered += 1;
             }
-            .encode();
-            subscribers.retain(|node| state.ctx.cluster.send(node, bytes.clone()));
+            slot.delivered = offset;
+        }
+        if let Mode::Home { subscribers } = mode {
+            if !subscribers.is_empty() {
+                // Encoded once, sent once per node with members.
+                let bytes = RoomWire::Deliver {
+                    room: name.to_string(),
+                    epoch: history.epoch.clone(),
+                    offset,
+                    event: ByteBuf::from(ev.to_vec()),
+                }
+                .encode();
+                subscribers.retain(|node| ctx.cluster.send(node, bytes.clone()));
+            }
         }
     }
-    drop(core);
-    metrics::counter!("switchboard_messages_published_total").increment(1);
     metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
-    req.reply.send(&state.ctx, &name, &epoch, offset);
+    let released = history.released();
+    while waiting.front().is_some_and(|(o, _)| *o <= released) {
+        if let Some((offset, reply)) = waiting.pop_front() {
+            reply.send(ctx, name, &history.epoch, offset);
+        }
+    }
 }
 
 fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) -> RoomWire {
@@ -616,7 +726,11 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
         };
     }
     let mut core = state.core.lock();
-    become_home(&mut core, &state.ctx);
+    if !is_home(&core) {
+        return RoomWire::Error {
+            reason: format!("{} does not hold {name} yet", state.ctx.cluster.me()),
+        };
+    }
     let RoomCore { history, mode, .. } = &mut *core;
     if let Mode::Home { subscribers } = mode {
         subscribers.insert(node);
@@ -636,7 +750,7 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
     };
     RoomWire::Subscribed {
         epoch: history.epoch.clone(),
-        offset: history.last_offset(),
+        offset: history.released(),
         recovered,
         replay,
     }
@@ -701,7 +815,12 @@ fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<A
 
 /// Re-subscribes at `home` without waiting for it: the answer comes back
 /// as `Resynced`. Members stay; deliveries are held meanwhile.
-fn start_sync(myself: &ActorRef<RoomMsg>, state: &RoomState, core: &mut RoomCore, home: Arc<str>) {
+pub(crate) fn start_sync(
+    myself: &ActorRef<RoomMsg>,
+    state: &RoomState,
+    core: &mut RoomCore,
+    home: Arc<str>,
+) {
     if core.members.is_empty() {
         core.mode = Mode::Idle;
         return;
@@ -711,9 +830,13 @@ fn start_sync(myself: &ActorRef<RoomMsg>, state: &RoomState, core: &mut RoomCore
         Mode::Syncing {
             epoch, last, held, ..
         } => (epoch, last, held),
-        Mode::Home { .. } | Mode::Idle => (
+        Mode::Acquiring {
+            epoch: Some((epoch, last)),
+            ..
+        } => (epoch, last, Vec::new()),
+        Mode::Home { .. } | Mode::Idle | Mode::Acquiring { .. } => (
             core.history.epoch.clone(),
-            core.history.last_offset(),
+            core.history.released(),
             Vec::new(),
         ),
     };
@@ -817,11 +940,37 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
     let name = core.name.clone();
     let home = state.ctx.cluster.home(&name);
+    let has_state = !core.copies.is_empty() || core.holds;
     match (&mut core.mode, home) {
         (Mode::Home { .. }, Home::Remote(to)) => {
-            // Members here follow the new home; other nodes' relays
-            // re-subscribe there themselves.
+            // Stop sequencing; keep holding until the new home fetches
+            // the room. A copy sent there starts the room if nothing else
+            // does (it fetches the rest). Members here follow the new
+            // home, other nodes' relays re-subscribe there themselves.
+            let waiting: Vec<_> = core.waiting.drain(..).collect();
+            for (_, reply) in waiting {
+                reply.fail(&state.ctx, &name);
+            }
+            crate::home::snapshot_to(&state.ctx, &core, &to);
             start_sync(myself, state, &mut core, to);
+        }
+        (Mode::Acquiring { .. }, Home::Remote(to)) => {
+            // The view moved on first: what waited goes the new way.
+            let Mode::Acquiring { queue, epoch } = std::mem::replace(&mut core.mode, Mode::Idle)
+            else {
+                return;
+            };
+            if let Some((epoch, last)) = epoch {
+                core.mode = Mode::Relay {
+                    home: to.clone(),
+                    epoch,
+                    last,
+                };
+                start_sync(myself, state, &mut core, to);
+            }
+            for msg in queue {
+                let _ = myself.cast(msg);
+            }
         }
         (Mode::Relay { home: from, .. } | Mode::Syncing { home: from, .. }, Home::Remote(to))
             if *from != to =>
@@ -830,11 +979,19 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
             start_sync(myself, state, &mut core, to);
         }
         (Mode::Relay { .. } | Mode::Syncing { .. }, Home::Local) => {
-            become_home(&mut core, &state.ctx);
+            drop(core);
+            crate::home::acquire(myself, state, None);
+        }
+        // A follower's copy whose home moved here: take the room now, not
+        // at its next use (its clients may rejoin with `since` later).
+        (Mode::Idle, Home::Local) if has_state => {
+            drop(core);
+            crate::home::acquire(myself, state, None);
         }
         (Mode::Home { subscribers }, Home::Local) => {
             let view = state.ctx.cluster.view();
             subscribers.retain(|n| view.peers.contains_key(n));
+            crate::home::pick_follower(&mut core, &state.ctx);
         }
         _ => {}
     }
@@ -842,19 +999,28 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
 
 fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
-    core.history.expire(Instant::now());
+    let now = Instant::now();
+    core.history.expire(now);
+    core.copies.retain(|_, c| {
+        c.expire(now);
+        !c.is_empty()
+    });
+    crate::home::pick_follower(&mut core, &state.ctx);
     let idle = core.members.is_empty()
         && core.history.is_empty()
         && core.pending.is_empty()
+        && core.waiting.is_empty()
+        && core.copies.is_empty()
         && match &core.mode {
             Mode::Home { subscribers } => subscribers.is_empty(),
-            Mode::Relay { .. } | Mode::Syncing { .. } => false,
+            Mode::Relay { .. } | Mode::Syncing { .. } | Mode::Acquiring { .. } => false,
             Mode::Idle => true,
         };
     if !idle {
         return;
     }
     let name = core.name.clone();
+    crate::home::set_holds(&mut core, &state.ctx, false);
     drop(core);
     // Leave the registry first, so new requests start a new incarnation,
     // then drain: what was already queued here is forwarded to it.
@@ -869,7 +1035,10 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
 async fn forward(state: &RoomState, msg: RoomMsg) -> Result<(), ActorProcessingErr> {
     if matches!(
         msg,
-        RoomMsg::Join(_) | RoomMsg::Publish(_) | RoomMsg::Subscribe { .. }
+        RoomMsg::Join(_)
+            | RoomMsg::Publish(_)
+            | RoomMsg::Subscribe { .. }
+            | RoomMsg::Replication(_)
     ) {
         let name = state.core.lock().name.clone();
         state.ctx.rooms().cast(&name, msg).await?;

@@ -25,6 +25,9 @@ pub struct RoomSettings {
     pub history_ttl: Duration,
     /// How often rooms expire history and retire when idle.
     pub tick: Duration,
+    /// `cluster.replicas`: nodes that hold each message before it is
+    /// released (the home and, with 2, its follower).
+    pub replicas: usize,
 }
 
 /// Shared by the supervisor and all its rooms.
@@ -34,6 +37,8 @@ pub(crate) struct RoomContext {
     pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
     pub(crate) observer: Arc<dyn MembershipObserver>,
     pub(crate) settings: RoomSettings,
+    /// The rooms whose sequence this node holds (see `home.rs`).
+    pub(crate) held: Arc<dashmap::DashSet<Arc<str>>>,
 }
 
 impl RoomContext {
@@ -41,6 +46,7 @@ impl RoomContext {
         Rooms {
             map: self.map.clone(),
             supervisor: self.supervisor.clone(),
+            held: self.held.clone(),
         }
     }
 }
@@ -50,6 +56,7 @@ impl RoomContext {
 pub struct Rooms {
     pub(crate) map: Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
     pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
+    pub(crate) held: Arc<dashmap::DashSet<Arc<str>>>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -209,6 +216,16 @@ impl Rooms {
                     },
                 );
             }
+            RoomWire::Append { ref room, .. } | RoomWire::Snapshot { ref room, .. } => {
+                let room = room.clone();
+                if let Err(e) = self.cast(&room, RoomMsg::Replication(Box::new(wire))).await {
+                    tracing::warn!(room = %room, error = %e, "replication not taken");
+                }
+            }
+            RoomWire::Appended { ref room, .. } | RoomWire::Forget { ref room, .. } => {
+                let room = room.clone();
+                self.cast_if_running(&room, RoomMsg::Replication(Box::new(wire)));
+            }
             other => tracing::warn!(?other, "refused a room message that is not a cast"),
         }
     }
@@ -222,6 +239,30 @@ impl Rooms {
                 .unwrap_or_else(|e| RoomWire::Error {
                     reason: e.to_string(),
                 }),
+            // Answered here when the room is not held: its actor may be busy
+            // (a relay's join waits on a subscription, perhaps at the asker).
+            Ok(RoomWire::Fetch { room, .. }) if !self.held.contains(room.as_str()) => {
+                RoomWire::Error {
+                    reason: format!("{room} is not held here"),
+                }
+            }
+            Ok(RoomWire::Fetch { room, node }) => {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                let asked = self.cast_if_running(
+                    &room,
+                    RoomMsg::Fetch {
+                        node: node.into(),
+                        reply,
+                    },
+                );
+                let answer = tokio::time::timeout(switchboard_cluster::CALL_TIMEOUT, rx).await;
+                match answer {
+                    Ok(Ok(a)) if asked => a,
+                    _ => RoomWire::Error {
+                        reason: format!("{room} is not held here"),
+                    },
+                }
+            }
             Ok(other) => RoomWire::Error {
                 reason: format!("not a call: {other:?}"),
             },
@@ -242,6 +283,12 @@ impl Rooms {
     /// Rooms running on this node.
     pub fn running(&self) -> usize {
         self.map.len()
+    }
+
+    /// Rooms whose sequence this node holds (a draining node waits for
+    /// them to be handed over).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Fault injection: makes the room panic (when it is running).

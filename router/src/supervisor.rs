@@ -51,8 +51,9 @@ impl RoomSupervisor {
         parent: Option<ActorCell>,
     ) -> Result<(Rooms, ActorRef<RoomSupervisorMsg>), RouterError> {
         let map = Arc::new(DashMap::new());
+        let held = Arc::new(dashmap::DashSet::new());
         let args = (
-            map.clone(),
+            (map.clone(), held.clone()),
             RoomSupervisorArgs {
                 settings,
                 cluster: cluster.clone(),
@@ -70,6 +71,7 @@ impl RoomSupervisor {
         let rooms = Rooms {
             map,
             supervisor: actor.clone(),
+            held,
         };
         Ok((rooms, actor))
     }
@@ -109,7 +111,10 @@ impl RoomSupervisor {
 }
 
 type Args = (
-    Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
+    (
+        Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
+        Arc<dashmap::DashSet<Arc<str>>>,
+    ),
     RoomSupervisorArgs,
 );
 
@@ -121,7 +126,7 @@ impl Actor for RoomSupervisor {
     async fn pre_start(
         &self,
         myself: ActorRef<RoomSupervisorMsg>,
-        (map, args): Args,
+        ((map, held), args): Args,
     ) -> Result<RoomSupervisorState, ActorProcessingErr> {
         myself.send_interval(args.settings.tick, || RoomSupervisorMsg::Tick);
         Ok(RoomSupervisorState {
@@ -131,6 +136,7 @@ impl Actor for RoomSupervisor {
                 supervisor: myself,
                 observer: args.observer,
                 settings: args.settings,
+                held,
             }),
             cores: HashMap::new(),
         })

@@ -13,6 +13,17 @@ pub struct SinceWire {
     pub offset: u64,
 }
 
+/// One retained message, as a follower's copy and a hand-over carry it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Logged {
+    pub offset: u64,
+    pub msg_id: Option<String>,
+    /// How long ago it was sequenced (history expires by age).
+    pub age_ms: u64,
+    /// The encoded `msg` event.
+    pub event: ByteBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum RoomWire {
     /// A node with members of `room` wants its messages (call; answered by
@@ -62,6 +73,45 @@ pub enum RoomWire {
     },
     /// Call failed on the receiving side.
     Error { reason: String },
+    /// (home -> follower) A message sequenced in `epoch`, before it is
+    /// released to anyone: the follower keeps a copy and confirms.
+    Append {
+        room: String,
+        home: String,
+        epoch: String,
+        entry: Logged,
+    },
+    /// (follower -> home) Holds `epoch` up to `upto`. `refused`: it will
+    /// not follow this home's `epoch` (it holds the epoch itself now).
+    Appended {
+        room: String,
+        node: String,
+        epoch: String,
+        upto: u64,
+        #[serde(default)]
+        refused: bool,
+        /// It holds no copy that this message follows: send a snapshot.
+        #[serde(default)]
+        resend: bool,
+    },
+    /// The room's whole state: from a home to a new follower (its copy), or
+    /// as the answer to `Fetch` (the room handed over).
+    Snapshot {
+        room: String,
+        home: String,
+        epoch: String,
+        last: u64,
+        entries: Vec<Logged>,
+    },
+    /// (home -> former follower) Drop the copy of `epoch`.
+    Forget {
+        room: String,
+        home: String,
+        epoch: String,
+    },
+    /// (new home -> the node that held the room; a call) Hand the room
+    /// over: answered by `Snapshot`, or `Error` if it holds nothing.
+    Fetch { room: String, node: String },
 }
 
 impl RoomWire {
@@ -69,7 +119,17 @@ impl RoomWire {
     pub fn owns(variant: &str) -> bool {
         matches!(
             variant,
-            "Subscribe" | "Subscribed" | "Unsubscribe" | "Publish" | "PubAck" | "Deliver"
+            "Subscribe"
+                | "Subscribed"
+                | "Unsubscribe"
+                | "Publish"
+                | "PubAck"
+                | "Deliver"
+                | "Append"
+                | "Appended"
+                | "Snapshot"
+                | "Forget"
+                | "Fetch"
         )
     }
 

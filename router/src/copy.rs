@@ -1,0 +1,116 @@
+//! The follower's side: copies of other homes' sequences of a room.
+
+use std::time::Instant;
+
+use ractor::ActorRef;
+use switchboard_cluster::Home;
+
+use crate::history::History;
+use crate::room::{Mode, RoomMsg, RoomState};
+use crate::wire::RoomWire;
+
+/// A replication message from a peer, for this room.
+pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: RoomWire) {
+    let mut core = state.core.lock();
+    let cluster = &state.ctx.cluster;
+    let me = cluster.me().to_string();
+    let now = Instant::now();
+    match wire {
+        RoomWire::Append {
+            room,
+            home,
+            epoch,
+            entry,
+        } => {
+            let held_here = core.holds && core.history.epoch == epoch;
+            let (upto, refused, resend) = if held_here {
+                (0, true, false)
+            } else {
+                match core.copies.get_mut(home.as_str()) {
+                    Some(copy) if copy.epoch == epoch => match copy.push(now, entry) {
+                        Ok(()) => (copy.last_offset(), false, false),
+                        Err(reason) => {
+                            tracing::debug!(room = %room, home = %home, reason, "copy out of step");
+                            (copy.last_offset(), false, true)
+                        }
+                    },
+                    _ => (0, false, true),
+                }
+            };
+            let answer = RoomWire::Appended {
+                room,
+                node: me,
+                epoch,
+                upto,
+                refused,
+                resend,
+            };
+            cluster.send(&home, answer.encode());
+        }
+        RoomWire::Snapshot {
+            room,
+            home,
+            epoch,
+            last,
+            entries,
+        } => {
+            let s = &state.ctx.settings;
+            let refused = if core.holds && core.history.epoch == epoch {
+                true
+            } else {
+                match History::from_wire(
+                    s.history_size,
+                    s.history_ttl,
+                    epoch.clone(),
+                    last,
+                    entries,
+                    now,
+                ) {
+                    Ok(copy) => {
+                        // One copy per epoch: the newest home's.
+                        core.copies.retain(|_, c| c.epoch != epoch);
+                        core.copies.insert(home.as_str().into(), copy);
+                        false
+                    }
+                    Err(reason) => {
+                        tracing::warn!(room = %room, home = %home, reason, "refused a snapshot");
+                        true
+                    }
+                }
+            };
+            let answer = RoomWire::Appended {
+                room: room.clone(),
+                node: me,
+                epoch,
+                upto: last,
+                refused,
+                resend: false,
+            };
+            cluster.send(&home, answer.encode());
+            // A copy from a home that no longer homes the room, here where
+            // it belongs now: take the room.
+            if !refused && matches!(core.mode, Mode::Idle) && cluster.home(&room) == Home::Local {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+            }
+        }
+        RoomWire::Forget { home, epoch, .. } => {
+            if core
+                .copies
+                .get(home.as_str())
+                .is_some_and(|c| c.epoch == epoch)
+            {
+                core.copies.remove(home.as_str());
+            }
+        }
+        RoomWire::Appended {
+            node,
+            epoch,
+            upto,
+            refused,
+            resend,
+            ..
+        } => crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend),
+        other => tracing::warn!(?other, "not a replication message"),
+    }
+}

@@ -1,0 +1,422 @@
+//! How a node comes to hold a room, hands it over, and keeps a follower.
+//!
+//! An epoch has one holder at a time: the node that sequences it. A node
+//! that becomes a room's home (by the view) acquires the room first, in
+//! the background, while what needs the home waits:
+//!
+//! - it still holds it (it was the home and nobody took it): go on;
+//! - the node whose copy it keeps (its follower copy) is still reachable,
+//!   or, without a copy, the node that would be home without this one is:
+//!   fetch the room from it (a planned move: a node joined, or the holder
+//!   is draining). The holder answers with everything it sequenced and
+//!   stops holding;
+//! - the copy's home is gone: take the copy over, but only if another node
+//!   (a witness) can be asked and none still sees that home. A home that
+//!   is only cut off from this node is still seen by someone, and it goes
+//!   on with its epoch; this node then starts a new one;
+//! - otherwise: a new epoch.
+//!
+//! While it holds the room, the home sends each message to its follower
+//! (the next node in rendezvous order, the one that takes over if the home
+//! is lost) and releases it (to members, subscribers and the publisher's
+//! `ok`) once the follower has confirmed it. A home that loses its follower
+//! goes on with a new follower while it still sees another node, and
+//! otherwise starts a new epoch: alone, it cannot tell whether the follower
+//! took the room over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use switchboard_cluster::Cluster;
+
+use crate::history::History;
+use crate::room::{dispatch, release, start_sync, Mode, RoomCore, RoomMsg, RoomState};
+use crate::rooms::RoomContext;
+use crate::wire::{Logged, RoomWire};
+
+/// The node that keeps a copy of the home's sequence.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    pub(crate) node: Arc<str>,
+    /// The newest offset it confirmed.
+    pub(crate) acked: u64,
+}
+
+/// How an acquisition ended.
+#[derive(Debug)]
+pub enum Acquired {
+    /// This node still held the room.
+    Kept,
+    /// The holder handed the room over.
+    Fetched {
+        epoch: String,
+        last: u64,
+        entries: Vec<Logged>,
+    },
+    /// The copy kept for `origin`, whose home is gone.
+    TakeOver { origin: Arc<str> },
+    /// Nothing to continue: a new epoch.
+    Fresh { why: &'static str },
+}
+
+/// How long a node that lost sight of a home waits for the witnesses to
+/// lose it too (they notice a crash as fast, a silent one within the
+/// watchdog's 3 s) before it concludes the home is only cut off from it.
+const WITNESS_WAIT: Duration = Duration::from_secs(4);
+
+enum Source {
+    Fetch(Arc<str>),
+    TakeOver(Arc<str>),
+    Fresh,
+}
+
+/// Starts acquiring the room (this node is its home by the view); `first`
+/// waits with what else needs the home.
+pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: Option<RoomMsg>) {
+    let mut core = state.core.lock();
+    if let Mode::Acquiring { queue, .. } = &mut core.mode {
+        queue.extend(first);
+        return;
+    }
+    let members = match &core.mode {
+        Mode::Relay { epoch, last, .. } | Mode::Syncing { epoch, last, .. } => {
+            Some((epoch.clone(), *last))
+        }
+        _ => None,
+    };
+    core.fail_pending(&state.ctx);
+    core.mode = Mode::Acquiring {
+        queue: first.into_iter().collect(),
+        epoch: members,
+    };
+    if core.holds {
+        drop(core);
+        let _ = myself.cast(RoomMsg::Acquired(Box::new(Acquired::Kept)));
+        return;
+    }
+    let cluster = state.ctx.cluster.clone();
+    let view = cluster.view();
+    let reachable = core.copies.keys().find(|o| view.has(o)).cloned();
+    let source = match (reachable, core.copies.keys().next().cloned()) {
+        (Some(origin), _) => Source::Fetch(origin),
+        (None, Some(origin)) => Source::TakeOver(origin),
+        (None, None) => view
+            .previous(&core.name)
+            .map_or(Source::Fresh, Source::Fetch),
+    };
+    let room = core.name.clone();
+    drop(core);
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let how = resolve(&cluster, &room, source).await;
+        let _ = myself.cast(RoomMsg::Acquired(Box::new(how)));
+    });
+}
+
+async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Acquired {
+    match source {
+        Source::Fresh => Acquired::Fresh {
+            why: "no node held it",
+        },
+        Source::Fetch(node) => {
+            let ask = RoomWire::Fetch {
+                room: room.to_owned(),
+                node: cluster.me().to_string(),
+            };
+            match cluster
+                .call(&node, ask.encode())
+                .await
+                .and_then(|a| RoomWire::decode(&a).ok())
+            {
+                Some(RoomWire::Snapshot {
+                    epoch,
+                    last,
+                    entries,
+                    ..
+                }) => Acquired::Fetched {
+                    epoch,
+                    last,
+                    entries,
+                },
+                Some(_) => Acquired::Fresh {
+                    why: "the previous node held nothing",
+                },
+                // Not answered: if it is gone, the copy (if any) is the room.
+                None => Box::pin(resolve(cluster, room, Source::TakeOver(node))).await,
+            }
+        }
+        Source::TakeOver(origin) => {
+            let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
+            loop {
+                if cluster.view().has(&origin) {
+                    return Acquired::Fresh {
+                        why: "the old home is back",
+                    };
+                }
+                match cluster.witnessed(&origin).await {
+                    Some(false) => return Acquired::TakeOver { origin },
+                    None => {
+                        return Acquired::Fresh {
+                            why: "no witness: the old home may only be cut off",
+                        }
+                    }
+                    Some(true) if tokio::time::Instant::now() >= deadline => {
+                        return Acquired::Fresh {
+                            why: "the old home is still seen: a partition",
+                        }
+                    }
+                    Some(true) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+    }
+}
+
+/// Installs what the acquisition found, becomes the home, and handles what
+/// waited.
+pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: Acquired) {
+    let queue = {
+        let mut core = state.core.lock();
+        if !matches!(core.mode, Mode::Acquiring { .. }) {
+            return;
+        }
+        let s = &state.ctx.settings;
+        let fresh = || History::new(s.history_size, s.history_ttl);
+        let outcome = match how {
+            Acquired::Kept if core.holds => "kept",
+            // Handed over while this was on its way.
+            Acquired::Kept => {
+                core.history = fresh();
+                "fresh"
+            }
+            Acquired::Fetched {
+                epoch,
+                last,
+                entries,
+            } => match History::from_wire(
+                s.history_size,
+                s.history_ttl,
+                epoch,
+                last,
+                entries,
+                Instant::now(),
+            ) {
+                Ok(h) => {
+                    core.history = h;
+                    "fetched"
+                }
+                Err(reason) => {
+                    tracing::warn!(room = %core.name, reason, "refused a hand-over");
+                    core.history = fresh();
+                    "refused"
+                }
+            },
+            Acquired::TakeOver { origin } => match core.copies.remove(&origin) {
+                Some(copy) => {
+                    core.history = copy;
+                    "taken_over"
+                }
+                None => {
+                    core.history = fresh();
+                    "fresh"
+                }
+            },
+            Acquired::Fresh { why } => {
+                tracing::info!(room = %core.name, why, "new epoch");
+                core.history = fresh();
+                "fresh"
+            }
+        };
+        metrics::counter!("switchboard_room_handovers_total", "outcome" => outcome).increment(1);
+        tracing::info!(room = %core.name, epoch = %core.history.epoch, offset = core.history.last_offset(), outcome, "room acquired");
+        core.copies.clear();
+        set_holds(&mut core, &state.ctx, true);
+        let previous = std::mem::replace(
+            &mut core.mode,
+            Mode::Home {
+                subscribers: Default::default(),
+            },
+        );
+        let Mode::Acquiring { queue, epoch } = previous else {
+            return;
+        };
+        // What this node sequenced itself but never released, nobody saw:
+        // it goes out now, with what a hand-over or copy brings.
+        let last = core.history.last_offset();
+        let members_continue = epoch.is_some_and(|(e, _)| e == core.history.epoch);
+        if !members_continue {
+            let (e, at) = (core.history.epoch.clone(), core.history.released());
+            core.reset_members(&e, at, "home_changed");
+        }
+        pick_follower(&mut core, &state.ctx);
+        if core.follower.is_none() {
+            release(&mut core, &state.ctx, last);
+        }
+        // Members that continue get what they missed of the epoch.
+        let RoomCore {
+            history, members, ..
+        } = &mut *core;
+        let now = Instant::now();
+        for slot in members.values_mut() {
+            for ev in history.after(slot.delivered) {
+                slot.member.sink.deliver(ev.clone(), now);
+            }
+            slot.delivered = slot.delivered.max(history.released());
+        }
+        queue
+    };
+    for msg in queue {
+        dispatch(myself, state, msg).await;
+    }
+}
+
+/// (holder) Another node is the room's home now and asks for it: hand
+/// over everything and stop holding. The members here follow the new home.
+pub(crate) fn hand_over(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    node: Arc<str>,
+) -> RoomWire {
+    let mut core = state.core.lock();
+    let me = state.ctx.cluster.me().clone();
+    if !core.holds {
+        return RoomWire::Error {
+            reason: format!("{me} does not hold {}", core.name),
+        };
+    }
+    set_holds(&mut core, &state.ctx, false);
+    let snapshot = RoomWire::Snapshot {
+        room: core.name.to_string(),
+        home: me.to_string(),
+        epoch: core.history.epoch.clone(),
+        last: core.history.last_offset(),
+        entries: core.history.to_wire(Instant::now()),
+    };
+    // Their publishers retry; the new home knows their msg_ids.
+    core.fail_pending(&state.ctx);
+    if let Some(f) = core.follower.take() {
+        forget(&state.ctx, &core, &f.node);
+    }
+    metrics::counter!("switchboard_room_handovers_total", "outcome" => "handed_over").increment(1);
+    tracing::info!(room = %core.name, to = %node, epoch = %core.history.epoch, offset = core.history.last_offset(), "room handed over");
+    if matches!(core.mode, Mode::Home { .. }) {
+        start_sync(myself, state, &mut core, node);
+    }
+    snapshot
+}
+
+pub(crate) fn set_holds(core: &mut RoomCore, ctx: &RoomContext, holds: bool) {
+    core.holds = holds;
+    if holds {
+        ctx.held.insert(core.name.clone());
+    } else {
+        ctx.held.remove(&core.name);
+    }
+}
+
+fn forget(ctx: &RoomContext, core: &RoomCore, node: &str) {
+    let msg = RoomWire::Forget {
+        room: core.name.to_string(),
+        home: ctx.cluster.me().to_string(),
+        epoch: core.history.epoch.clone(),
+    };
+    ctx.cluster.send(node, msg.encode());
+}
+
+pub(crate) fn snapshot_to(ctx: &RoomContext, core: &RoomCore, node: &str) {
+    let msg = RoomWire::Snapshot {
+        room: core.name.to_string(),
+        home: ctx.cluster.me().to_string(),
+        epoch: core.history.epoch.clone(),
+        last: core.history.last_offset(),
+        entries: core.history.to_wire(Instant::now()),
+    };
+    ctx.cluster.send(node, msg.encode());
+}
+
+/// (home) Keeps the follower the next node in rendezvous order that can
+/// follow (wire version 2 or later). Called when the view changes and on
+/// every tick (a peer's version is learned a moment after it comes up).
+pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
+    if !core.holds || !matches!(core.mode, Mode::Home { .. }) {
+        return;
+    }
+    let cluster = &ctx.cluster;
+    let view = cluster.view();
+    if let Some(f) = core.follower.as_ref().filter(|f| !view.has(&f.node)) {
+        // Crashed, or cut off and about to take the room over. Seeing
+        // another node, this one goes on: the follower, if alive, sees
+        // this node seen by it and does not take over.
+        tracing::warn!(room = %core.name, follower = %f.node, "follower lost");
+        core.follower = None;
+        if view.peers.is_empty() {
+            new_epoch(core, ctx, "follower_lost_alone");
+        }
+    }
+    let want = if ctx.settings.replicas < 2 {
+        None
+    } else {
+        view.ranked(&core.name)
+            .into_iter()
+            .filter(|n| *n != *cluster.me())
+            .find(|n| cluster.peer_version(n).is_some_and(|v| v >= 2))
+    };
+    if core.follower.as_ref().map(|f| &f.node) == want.as_ref() {
+        return;
+    }
+    if let Some(f) = core.follower.take() {
+        forget(ctx, core, &f.node);
+    }
+    match want {
+        Some(node) => {
+            snapshot_to(ctx, core, &node);
+            core.follower = Some(Follower { node, acked: 0 });
+        }
+        None => {
+            let last = core.history.last_offset();
+            release(core, ctx, last);
+        }
+    }
+}
+
+/// (home) The follower's confirmation.
+pub(crate) fn on_appended(
+    core: &mut RoomCore,
+    ctx: &RoomContext,
+    node: &str,
+    epoch: &str,
+    upto: u64,
+    refused: bool,
+    resend: bool,
+) {
+    if !core.holds || core.history.epoch != epoch {
+        return;
+    }
+    let Some(f) = core.follower.as_mut().filter(|f| *f.node == *node) else {
+        return;
+    };
+    if refused {
+        // It took this epoch over: this node no longer holds it.
+        tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now");
+        core.follower = None;
+        new_epoch(core, ctx, "follower_took_over");
+        return;
+    }
+    if resend {
+        snapshot_to(ctx, core, node);
+        return;
+    }
+    f.acked = f.acked.max(upto);
+    let acked = f.acked;
+    release(core, ctx, acked);
+}
+
+/// Starts a new epoch here: what was sequenced and not released is
+/// refused to its publishers (they retry), members are reset.
+fn new_epoch(core: &mut RoomCore, ctx: &RoomContext, reason: &'static str) {
+    core.fail_pending(ctx);
+    core.history = History::new(ctx.settings.history_size, ctx.settings.history_ttl);
+    let epoch = core.history.epoch.clone();
+    core.reset_members(&epoch, 0, reason);
+}
