@@ -41,6 +41,18 @@ fn room(i: usize) -> String {
 /// Addresses of the nodes' HTTP listeners (`None` while a node is down).
 type Addrs = Arc<Mutex<Vec<Option<String>>>>;
 
+/// The fault most recently injected: a rejoin or reset is counted against
+/// the fault it followed.
+static PHASE: Mutex<&'static str> = Mutex::new("start");
+
+fn phase() -> &'static str {
+    *PHASE.lock().unwrap()
+}
+
+fn set_phase(p: &'static str) {
+    *PHASE.lock().unwrap() = p;
+}
+
 fn pick(addrs: &Addrs, preferred: usize, attempt: usize) -> Option<String> {
     let a = addrs.lock().unwrap();
     (0..a.len())
@@ -60,6 +72,10 @@ struct Ack {
 /// What one connection saw of one room.
 #[derive(Debug, Default)]
 struct RoomLog {
+    /// The fault that preceded the join or reset that began this log.
+    phase: &'static str,
+    /// Begun by a `reset` (not a join).
+    by_reset: bool,
     epoch: String,
     /// The first offset this connection must receive next.
     from: u64,
@@ -85,6 +101,7 @@ struct Faults {
     cuts: u32,
     freezes: u32,
     blackholes: u32,
+    deploys: u32,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,6 +155,7 @@ async fn chaos() {
     loop {
         tokio::time::sleep(calm).await;
         // kill -9 n3 and bring it back.
+        set_phase("kill -9");
         set_addr(2, None);
         nodes[2].kill9();
         faults.kills += 1;
@@ -147,6 +165,7 @@ async fn chaos() {
         wait_all(&nodes).await;
         tokio::time::sleep(calm).await;
         // Cut the n1-n2 link.
+        set_phase("link cut");
         to_n1.cut();
         to_n2.cut();
         faults.cuts += 1;
@@ -156,6 +175,7 @@ async fn chaos() {
         wait_all(&nodes).await;
         tokio::time::sleep(calm).await;
         // Freeze n2 for longer than the watchdog waits.
+        set_phase("freeze");
         nodes[1].signal("STOP");
         faults.freezes += 1;
         tokio::time::sleep(Duration::from_secs(6)).await;
@@ -163,6 +183,7 @@ async fn chaos() {
         wait_all(&nodes).await;
         tokio::time::sleep(calm).await;
         // A silent n1-n2 link.
+        set_phase("silent link");
         to_n1.blackhole();
         to_n2.blackhole();
         faults.blackholes += 1;
@@ -170,6 +191,21 @@ async fn chaos() {
         to_n1.heal();
         to_n2.heal();
         wait_all(&nodes).await;
+        tokio::time::sleep(calm).await;
+        // A rolling deploy: SIGTERM each node in turn (it drains: its rooms
+        // are handed over, its clients closed with 1012), then start it
+        // again on a new port.
+        set_phase("rolling deploy");
+        faults.deploys += 1;
+        for i in 0..nodes.len() {
+            set_addr(i, None);
+            nodes[i].signal("TERM");
+            assert!(nodes[i].wait_exit(Duration::from_secs(20)).success());
+            redeploy(&mut nodes, i, &to_n1, &to_n2);
+            set_addr(i, Some(nodes[i].addr.clone()));
+            wait_all(&nodes).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         if started.elapsed() >= Duration::from_secs(secs) {
             break;
         }
@@ -186,16 +222,34 @@ async fn chaos() {
         m.await.unwrap();
     }
 
+    if let Ok(pattern) = std::env::var("CHAOS_LOGS") {
+        let mut lines: Vec<String> = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for line in n
+                .logs()
+                .lines()
+                .filter(|l| pattern.split('|').any(|p| l.contains(p)))
+            {
+                lines.push(format!("{line} [n{}]", i + 1));
+            }
+        }
+        lines.sort();
+        for line in lines {
+            report(&line);
+        }
+    }
     let acks = acks.lock().unwrap().clone();
     let logs = std::mem::take(&mut *logs.lock().unwrap());
     let verdict = check(&acks, &logs);
     report(&format!(
-        "chaos: {} s, faults: {} kill -9 + restart, {} link cuts, {} SIGSTOP freezes, {} silent links\n{verdict}",
+        "chaos: {} s, faults: {} kill -9 + restart, {} link cuts, {} SIGSTOP freezes, {} silent links, \
+         {} rolling deploys\n{verdict}",
         started.elapsed().as_secs(),
         faults.kills,
         faults.cuts,
         faults.freezes,
-        faults.blackholes
+        faults.blackholes,
+        faults.deploys
     ));
     assert!(verdict.passed(), "{verdict}");
 }
@@ -204,6 +258,30 @@ async fn chaos() {
 #[allow(clippy::print_stdout)]
 fn report(text: &str) {
     println!("{text}");
+}
+
+/// Starts node `i` again after it exited, seeded the way the cluster was
+/// laid out: n1 and n2 reach each other only through the proxies, which
+/// learn the new port.
+fn redeploy(
+    nodes: &mut [Server],
+    i: usize,
+    to_n1: &common::proxy::FaultProxy,
+    to_n2: &common::proxy::FaultProxy,
+) {
+    let addr = |j: usize| nodes[j].cluster_addr.clone().unwrap_or_default();
+    let seeds = match i {
+        0 => format!("127.0.0.1:{},{}", to_n2.port, addr(2)),
+        1 => format!("127.0.0.1:{},{}", to_n1.port, addr(2)),
+        _ => format!("{},{}", addr(0), addr(1)),
+    };
+    nodes[i].restart_seeded(Some(&seeds));
+    let port = common::cluster_port(&nodes[i]);
+    match i {
+        0 => to_n1.forward_to(port),
+        1 => to_n2.forward_to(port),
+        _ => {}
+    }
 }
 
 async fn wait_all(nodes: &[Server]) {
@@ -277,6 +355,8 @@ async fn serve_member(
         log.rooms.insert(
             name,
             RoomLog {
+                phase: phase(),
+                by_reset: false,
                 epoch,
                 from,
                 recovered,
@@ -321,6 +401,8 @@ async fn serve_member(
                 let epoch = ev.str("epoch").unwrap_or_default().to_owned();
                 let offset = ev.u64("offset").unwrap_or(0);
                 let next = RoomLog {
+                    phase: phase(),
+                    by_reset: true,
                     epoch: epoch.clone(),
                     from: offset + 1,
                     recovered: None,
@@ -407,6 +489,8 @@ struct Verdict {
     /// `reset` events received: a room's sequence restarted under members
     /// that stayed connected.
     resets: usize,
+    /// Per fault: (rejoins answered recovered: false, resets).
+    by_fault: BTreeMap<&'static str, (usize, usize)>,
     lost: usize,
     duplicated: usize,
     reordered: usize,
@@ -453,6 +537,12 @@ impl std::fmt::Display for Verdict {
             self.resets,
             self.seen_by_nobody
         )?;
+        for (fault, (not_recovered, resets)) in &self.by_fault {
+            writeln!(
+                f,
+                "  after {fault}: rejoins recovered:false {not_recovered}, resets {resets}"
+            )?;
+        }
         for p in self.problems.iter().take(20) {
             writeln!(f, "  {p}")?;
         }
@@ -490,8 +580,14 @@ fn check(acks: &[Ack], logs: &[ConnLog]) -> Verdict {
         for (name, r, is_current) in current.chain(earlier) {
             match r.recovered {
                 Some(true) => v.recovered_true += 1,
-                Some(false) => v.recovered_false += 1,
+                Some(false) => {
+                    v.recovered_false += 1;
+                    v.by_fault.entry(r.phase).or_default().0 += 1;
+                }
                 None => {}
+            }
+            if r.by_reset {
+                v.by_fault.entry(r.phase).or_default().1 += 1;
             }
             v.delivered += r.got.len();
             let mut next = r.from;
@@ -579,6 +675,8 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
         rooms: BTreeMap::from([(
             "r".to_owned(),
             RoomLog {
+                phase: "test",
+                by_reset: false,
                 epoch: "e".into(),
                 from: 1,
                 recovered: None,
@@ -610,6 +708,8 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
     let before = reset.rooms.insert(
         "r".into(),
         RoomLog {
+            phase: "test",
+            by_reset: true,
             epoch: "f".into(),
             from: 1,
             recovered: None,
@@ -626,4 +726,5 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
     });
     let v = check(&f_acks, &[reset]);
     assert_eq!((v.resets, v.lost, v.mismatched), (1, 0, 0), "{v}");
+    assert_eq!(v.by_fault.get("test"), Some(&(0, 1)));
 }

@@ -229,6 +229,8 @@ pub struct RoomCore {
     pub(crate) waiting: std::collections::VecDeque<(u64, PublishReply)>,
     /// (follower) Copies of other homes' sequences of this room, by home.
     pub(crate) copies: HashMap<Arc<str>, History>,
+    /// When this node, holding the room, stopped being its home.
+    moved_at: Option<Instant>,
 }
 
 impl RoomCore {
@@ -244,6 +246,7 @@ impl RoomCore {
             follower: None,
             waiting: std::collections::VecDeque::new(),
             copies: HashMap::new(),
+            moved_at: None,
         }
     }
 
@@ -259,6 +262,16 @@ impl RoomCore {
         for slot in self.members.values_mut() {
             slot.member.sink.push(ev.clone());
             slot.delivered = offset;
+        }
+    }
+
+    /// The home holds `epoch`: an epoch this node still holds is over (the
+    /// home had its own, e.g. after a partition healed) and is never
+    /// continued.
+    pub(crate) fn superseded(&mut self, ctx: &RoomContext, epoch: &str) {
+        if self.holds && self.history.epoch != epoch {
+            tracing::info!(room = %self.name, epoch = %self.history.epoch, by = epoch, "held epoch superseded");
+            crate::home::set_holds(self, ctx, false);
         }
     }
 
@@ -519,6 +532,7 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                             if !same {
                                 core.fail_pending(&state.ctx);
                                 core.reset_members(&epoch, offset, "home_changed");
+                                core.superseded(&state.ctx, &epoch);
                                 core.mode = Mode::Relay {
                                     home: home.clone(),
                                     epoch: epoch.clone(),
@@ -911,6 +925,7 @@ fn resynced(
         }
     } else {
         core.reset_members(&now_epoch, offset, "home_changed");
+        core.superseded(&state.ctx, &now_epoch);
     }
     let mut again = None;
     for (e, o, ev) in held {
@@ -997,6 +1012,10 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     }
 }
 
+/// How long a node that stopped being a room's home keeps its sequence for
+/// the new home to fetch.
+const HANDOVER_UNASKED: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
     let now = Instant::now();
@@ -1006,6 +1025,16 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         !c.is_empty()
     });
     crate::home::pick_follower(&mut core, &state.ctx);
+    if core.holds && !matches!(core.mode, Mode::Home { .. } | Mode::Acquiring { .. }) {
+        let since = *core.moved_at.get_or_insert(now);
+        if now.duration_since(since) > HANDOVER_UNASKED {
+            // The new home did not ask: it had the room already.
+            tracing::info!(room = %core.name, "hand-over not asked for; epoch over");
+            crate::home::set_holds(&mut core, &state.ctx, false);
+        }
+    } else {
+        core.moved_at = None;
+    }
     let idle = core.members.is_empty()
         && core.history.is_empty()
         && core.pending.is_empty()

@@ -110,7 +110,11 @@ impl Server {
         }
         let fresh = Self::start(&env);
         let old = std::mem::replace(self, fresh);
-        drop(old);
+        // The earlier incarnations' logs stay, first.
+        let mut earlier = std::mem::take(&mut *old.logs.lock().unwrap());
+        let mut logs = self.logs.lock().unwrap();
+        earlier.append(&mut logs);
+        *logs = earlier;
     }
 
     /// Polls `/metrics` until `switchboard_cluster_nodes` is `n`.
