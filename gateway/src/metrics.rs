@@ -8,6 +8,9 @@ use crate::GatewayError;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
+const LAG_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+];
 
 /// Installs the process-wide recorder and registers every metric, so that
 /// each name is exported from the first scrape.
@@ -17,6 +20,12 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
             Matcher::Full("switchboard_publish_to_delivery_seconds".into()),
             LATENCY_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("switchboard_replication_lag_offsets".into()),
+                LAG_BUCKETS,
+            )
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| GatewayError::Start(format!("metrics: {e}")))?;
 
@@ -57,6 +66,14 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
     describe_counter!(
         "switchboard_slow_consumers_total",
         "Connections closed because their outbound queue was full"
+    );
+    describe_counter!(
+        "switchboard_room_handovers_total",
+        "Rooms this node came to hold or gave up, by outcome: fetched, taken_over, kept, fresh, refused, handed_over"
+    );
+    describe_histogram!(
+        "switchboard_replication_lag_offsets",
+        "Offsets the home had sequenced beyond the follower's confirmation, at each confirmation"
     );
     describe_counter!(
         "switchboard_room_resets_total",

@@ -409,6 +409,8 @@ pub(crate) fn on_appended(
     }
     f.acked = f.acked.max(upto);
     let acked = f.acked;
+    metrics::histogram!("switchboard_replication_lag_offsets")
+        .record(core.history.last_offset().saturating_sub(acked) as f64);
     release(core, ctx, acked);
 }
 
