@@ -69,13 +69,21 @@ impl History {
         let from = self.released;
         self.released = upto;
         let out = self
-            .entries
-            .iter()
-            .filter(|e| e.offset > from && e.offset <= upto)
+            .range(from, upto)
             .map(|e| (e.offset, e.event.clone()))
             .collect();
         self.trim();
         out
+    }
+
+    /// The retained entries with offsets in (`after`, `upto`]: the ring
+    /// holds consecutive offsets, so this is an index range, not a scan.
+    fn range(&self, after: u64, upto: u64) -> impl Iterator<Item = &Entry> {
+        let first = self.entries.front().map_or(0, |e| e.offset);
+        let len = self.entries.len();
+        let start = ((after + 1).saturating_sub(first) as usize).min(len);
+        let end = ((upto + 1).saturating_sub(first) as usize).clamp(start, len);
+        self.entries.range(start..end)
     }
 
     /// Keeps at most `size` released entries (unreleased ones stay).
@@ -221,11 +229,7 @@ impl History {
 
     /// Released events after `after` (for members of a restarted room).
     pub(crate) fn after(&self, after: u64) -> impl Iterator<Item = &Bytes> {
-        let released = self.released;
-        self.entries
-            .iter()
-            .filter(move |e| e.offset > after && e.offset <= released)
-            .map(|e| &e.event)
+        self.range(after, self.released).map(|e| &e.event)
     }
 }
 
