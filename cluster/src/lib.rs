@@ -134,12 +134,19 @@ impl Cluster {
         self.shared.view.read().peers.get(node).cloned()
     }
 
-    /// Adds or refreshes a peer; returns whether it is new.
+    /// Adds or refreshes a peer; returns whether it is new: not in the
+    /// view, or reached over a new session (a link that healed before the
+    /// old session's end was seen: what was sent over that one, presence
+    /// snapshots included, may be lost, so it counts as coming up again).
     fn peer_up(&self, name: Arc<str>, router: ActorRef<NodeRouterMsg>) -> bool {
         let new = {
             let mut view = self.shared.view.write();
             let mut next = (**view).clone();
-            let new = next.peers.insert(name.clone(), router).is_none();
+            let id = router.get_id();
+            let new = next
+                .peers
+                .insert(name.clone(), router)
+                .is_none_or(|old| old.get_id() != id);
             if new {
                 // A new incarnation of a node that left.
                 next.leaving.remove(&name);
