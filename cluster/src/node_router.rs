@@ -68,6 +68,14 @@ impl<A> NodeRouter<A> {
         format!("{NAME_PREFIX}{node}")
     }
 
+    /// The peers' routers among `cells`, with their node names.
+    fn remote(cells: Vec<ActorCell>) -> impl Iterator<Item = (Arc<str>, ActorCell)> {
+        cells
+            .into_iter()
+            .filter(|c| !c.get_id().is_local())
+            .filter_map(|c| Some((Self::peer_name(&c)?, c)))
+    }
+
     fn peer_name(cell: &ActorCell) -> Option<Arc<str>> {
         let name = cell.get_name()?;
         name.strip_prefix(NAME_PREFIX).map(Arc::from)
@@ -110,12 +118,8 @@ impl<A: Inbound> Actor for NodeRouter<A> {
         };
         ractor::pg::join(NODES_GROUP.into(), vec![myself.get_cell()]);
         ractor::pg::monitor(NODES_GROUP.into(), myself.get_cell());
-        for cell in ractor::pg::get_members(&NODES_GROUP.to_owned()) {
-            if !cell.get_id().is_local() {
-                if let Some(name) = Self::peer_name(&cell) {
-                    state.peer_up(name, cell.into());
-                }
-            }
+        for (name, cell) in Self::remote(ractor::pg::get_members(&NODES_GROUP.to_owned())) {
+            state.peer_up(name, cell.into());
         }
         myself.send_interval(WATCHDOG_EVERY, || NodeRouterMsg::Watchdog);
         Ok(state)
@@ -205,10 +209,8 @@ impl<A: Inbound> Actor for NodeRouter<A> {
         if let SupervisionEvent::ProcessGroupChanged(change) = evt {
             match change {
                 GroupChangeMessage::Join(_, group, cells) if group == NODES_GROUP => {
-                    for cell in cells.into_iter().filter(|c| !c.get_id().is_local()) {
-                        if let Some(name) = Self::peer_name(&cell) {
-                            state.peer_up(name, cell.into());
-                        }
+                    for (name, cell) in Self::remote(cells) {
+                        state.peer_up(name, cell.into());
                     }
                 }
                 GroupChangeMessage::Leave(_, group, cells) if group == NODES_GROUP => {

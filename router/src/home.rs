@@ -286,13 +286,7 @@ pub(crate) fn hand_over(
         };
     }
     set_holds(&mut core, &state.ctx, false);
-    let snapshot = RoomWire::Snapshot {
-        room: core.name.to_string(),
-        home: me.to_string(),
-        epoch: core.history.epoch.clone(),
-        last: core.history.last_offset(),
-        entries: core.history.to_wire(Instant::now()),
-    };
+    let snapshot = snapshot(&state.ctx, &core);
     // Their publishers retry; the new home knows their msg_ids.
     core.fail_pending(&state.ctx);
     if let Some(f) = core.follower.take() {
@@ -324,20 +318,26 @@ fn forget(ctx: &RoomContext, core: &RoomCore, node: &str) {
     ctx.cluster.send(node, msg.encode());
 }
 
-pub(crate) fn snapshot_to(ctx: &RoomContext, core: &RoomCore, node: &str) {
-    let msg = RoomWire::Snapshot {
+/// Everything this node sequenced of the room: a follower's copy, or a
+/// hand-over.
+fn snapshot(ctx: &RoomContext, core: &RoomCore) -> RoomWire {
+    RoomWire::Snapshot {
         room: core.name.to_string(),
         home: ctx.cluster.me().to_string(),
         epoch: core.history.epoch.clone(),
         last: core.history.last_offset(),
         entries: core.history.to_wire(Instant::now()),
-    };
-    ctx.cluster.send(node, msg.encode());
+    }
+}
+
+pub(crate) fn snapshot_to(ctx: &RoomContext, core: &RoomCore, node: &str) {
+    ctx.cluster.send(node, snapshot(ctx, core).encode());
 }
 
 /// (home) Keeps the follower the next node in rendezvous order that can
-/// follow (wire version 2 or later). Called when the view changes and on
-/// every tick (a peer's version is learned a moment after it comes up).
+/// follow (wire version 2 or later). Called when the room is acquired and
+/// when the view changes (a peer's version, learned a moment after it
+/// comes up, changes the view too).
 pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     if !core.holds || !matches!(core.mode, Mode::Home { .. }) {
         return;

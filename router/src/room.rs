@@ -962,10 +962,7 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
             // the room. A copy sent there starts the room if nothing else
             // does (it fetches the rest). Members here follow the new
             // home, other nodes' relays re-subscribe there themselves.
-            let waiting: Vec<_> = core.waiting.drain(..).collect();
-            for (_, reply) in waiting {
-                reply.fail(&state.ctx, &name);
-            }
+            core.fail_pending(&state.ctx);
             crate::home::snapshot_to(&state.ctx, &core, &to);
             start_sync(myself, state, &mut core, to);
         }
@@ -1024,7 +1021,6 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         c.expire(now);
         !c.is_empty()
     });
-    crate::home::pick_follower(&mut core, &state.ctx);
     if core.holds && !matches!(core.mode, Mode::Home { .. } | Mode::Acquiring { .. }) {
         let since = *core.moved_at.get_or_insert(now);
         if now.duration_since(since) > HANDOVER_UNASKED {
