@@ -58,6 +58,8 @@ pub enum RoomMsg {
         epoch: String,
         offset: u64,
         event: Bytes,
+        /// Empty from a first-release home.
+        home: String,
     },
     /// (relay) The home's answer to a re-subscription; `None`: no answer.
     Resynced {
@@ -198,6 +200,9 @@ pub(crate) enum Mode {
         epoch: String,
         last: u64,
         held: Vec<(String, u64, Bytes)>,
+        /// How many of `held` arrived before the re-subscription went out:
+        /// the answer is newer than they are.
+        asked: usize,
     },
     /// This node is the home but does not hold the room yet: it is taking
     /// it over or fetching it (`home.rs`). What needs the home waits in
@@ -402,7 +407,8 @@ pub(crate) async fn dispatch(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
             epoch,
             offset,
             event,
-        } => deliver(myself, state, epoch, offset, event),
+            home,
+        } => deliver(myself, state, &home, epoch, offset, event),
         RoomMsg::Resynced { home, answer } => resynced(myself, state, home, answer),
         RoomMsg::Resync => resync_again(myself, state),
         RoomMsg::Acquired(how) => Box::pin(crate::home::acquired(myself, state, *how)).await,
@@ -717,6 +723,7 @@ pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
                     epoch: history.epoch.clone(),
                     offset,
                     event: ByteBuf::from(ev.to_vec()),
+                    home: ctx.cluster.me().to_string(),
                 }
                 .encode();
                 subscribers.retain(|node| ctx.cluster.send(node, bytes.clone()));
@@ -773,11 +780,21 @@ fn subscribe(state: &mut RoomState, node: Arc<str>, since: Option<SinceWire>) ->
 fn deliver(
     myself: &ActorRef<RoomMsg>,
     state: &mut RoomState,
+    from: &str,
     epoch: String,
     offset: u64,
     ev: Bytes,
 ) {
     let mut core = state.core.lock();
+    if let Mode::Relay { home, .. } | Mode::Syncing { home, .. } = &core.mode {
+        // A node that released it after the room moved on (it no longer
+        // holds the room, or never learnt it moved): not this relay's
+        // sequence. Its members get the room from the home it follows.
+        if !from.is_empty() && **home != *from {
+            tracing::debug!(room = %core.name, from, following = %home, offset, "delivery from a node not followed");
+            return;
+        }
+    }
     let resync = relay(&mut core, epoch, offset, ev);
     if let Some(home) = resync {
         start_sync(myself, state, &mut core, home);
@@ -801,7 +818,7 @@ fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<A
         return None;
     }
     if *e != epoch || offset != *last + 1 {
-        tracing::info!(room = %core.name, home = %home, epoch, offset, "gap or new epoch from the home; re-subscribing");
+        tracing::info!(room = %core.name, home = %home, epoch, offset, following = %e, last = *last, "gap or new epoch from the home; re-subscribing");
         let held = vec![(epoch, offset, ev)];
         if let Mode::Relay { home, epoch, last } = std::mem::replace(&mut core.mode, Mode::Idle) {
             core.mode = Mode::Syncing {
@@ -809,6 +826,7 @@ fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<A
                 epoch,
                 last,
                 held,
+                asked: 0,
             };
         }
         return Some(home);
@@ -866,6 +884,7 @@ pub(crate) fn start_sync(
         home: home.clone(),
         epoch,
         last,
+        asked: held.len(),
         held,
     };
     let (cluster, myself) = (state.ctx.cluster.clone(), myself.clone());
@@ -909,7 +928,7 @@ fn resynced(
         myself.send_after(RESYNC_RETRY, || RoomMsg::Resync);
         return;
     };
-    let Mode::Syncing { held, .. } = std::mem::replace(&mut core.mode, Mode::Idle) else {
+    let Mode::Syncing { held, asked, .. } = std::mem::replace(&mut core.mode, Mode::Idle) else {
         return;
     };
     let continued = recovered == Some(true) && now_epoch == epoch;
@@ -928,7 +947,13 @@ fn resynced(
         core.superseded(&state.ctx, &now_epoch);
     }
     let mut again = None;
-    for (e, o, ev) in held {
+    for (i, (e, o, ev)) in held.into_iter().enumerate() {
+        // An epoch the home had left when it answered: never again (else
+        // such a delivery would send the relay back to the home forever).
+        if i < asked && e != now_epoch {
+            tracing::debug!(room = %core.name, epoch = e, offset = o, "delivery of an epoch the home left");
+            continue;
+        }
         if let Some(h) = relay(&mut core, e, o, ev) {
             again = Some(h);
         }

@@ -206,6 +206,7 @@ impl Rooms {
                 epoch,
                 offset,
                 event,
+                home,
             } => {
                 self.cast_if_running(
                     &room,
@@ -213,6 +214,7 @@ impl Rooms {
                         epoch,
                         offset,
                         event: Bytes::from(event.into_vec()),
+                        home,
                     },
                 );
             }

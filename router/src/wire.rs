@@ -70,6 +70,10 @@ pub enum RoomWire {
         epoch: String,
         offset: u64,
         event: ByteBuf,
+        /// The home that released it (empty from the first release): a
+        /// relay takes deliveries only from the home it follows.
+        #[serde(default)]
+        home: String,
     },
     /// Call failed on the receiving side.
     Error { reason: String },
@@ -229,6 +233,7 @@ mod tests {
                 epoch: "e".into(),
                 offset: 3,
                 event: ByteBuf::from(vec![0x80]),
+                home: String::new(),
             }
         );
         // A first-release PubAck had no epoch: it defaults to empty.
@@ -292,6 +297,7 @@ mod tests {
             epoch: "e".into(),
             offset: 7,
             event: ByteBuf::from(vec![0x80]),
+            home: "n1".into(),
         };
         assert_eq!(RoomWire::decode(&w.encode()).unwrap(), w);
         assert!(RoomWire::decode(&[0xc1, 0x00]).is_err());
