@@ -11,6 +11,10 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== the previous release (for the mixed-version test)"
+SWITCHBOARD_PREVIOUS_BIN="$(scripts/previous-release.sh)"
+export SWITCHBOARD_PREVIOUS_BIN
+
 echo "== cargo test"
 cargo test --workspace
 

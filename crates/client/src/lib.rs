@@ -284,6 +284,14 @@ impl Client {
 
     /// The first event, queued or still to come, that `wanted` picks;
     /// the others stay queued in order.
+    pub async fn next_matching(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
+        self.take_first(timeout, wanted).await
+    }
+
     async fn take_first(
         &mut self,
         timeout: Duration,

@@ -21,6 +21,8 @@ pub struct Server {
     pub cluster_addr: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
+    /// The executable: this build's, or another release's.
+    bin: String,
 }
 
 impl Server {
@@ -31,7 +33,17 @@ impl Server {
     }
 
     pub fn start_with(env: &[(&str, &str)], config: Option<&str>) -> Result<Server, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        Self::start_bin(env!("CARGO_BIN_EXE_switchboard"), env, config)
+    }
+
+    /// Like [`Server::start_with`], running the executable at `bin` (e.g.
+    /// the previous release, see scripts/previous-release.sh).
+    pub fn start_bin(
+        bin: &str,
+        env: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Result<Server, String> {
+        let mut cmd = Command::new(bin);
         cmd.env("SWITCHBOARD__HTTP__LISTEN", "127.0.0.1:0")
             .env("SWITCHBOARD__SHUTDOWN__DRAIN_S", "1")
             .env("RUST_LOG", "info")
@@ -75,6 +87,7 @@ impl Server {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                bin: bin.to_owned(),
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -108,7 +121,8 @@ impl Server {
         if let Some(seeds) = seeds {
             env.push(("SWITCHBOARD__CLUSTER__SEEDS", seeds));
         }
-        let fresh = Self::start(&env);
+        let fresh = Self::start_bin(&self.bin, &env, None)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"));
         let old = std::mem::replace(self, fresh);
         // The earlier incarnations' logs stay, first.
         let mut earlier = std::mem::take(&mut *old.logs.lock().unwrap());
