@@ -71,8 +71,10 @@ struct Shared {
     view: RwLock<Arc<View>>,
     /// The wire version each peer announced in its `Hello`.
     versions: RwLock<HashMap<Arc<str>, u32>>,
-    /// Set once the seeds and DNS peers have been tried.
+    /// Set once the seeds and DNS peers have been tried (at once for a
+    /// node without a cluster listener: alone is settled).
     ready: AtomicBool,
+    settled: tokio::sync::Notify,
 }
 
 /// A cloneable handle to this node's view of the cluster, and the way to
@@ -100,7 +102,8 @@ impl Cluster {
                 me: me.clone(),
                 view: RwLock::new(Arc::new(View::alone(me))),
                 versions: RwLock::new(HashMap::new()),
-                ready: AtomicBool::new(false),
+                ready: AtomicBool::new(true),
+                settled: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -126,8 +129,25 @@ impl Cluster {
         self.shared.ready.load(Ordering::SeqCst)
     }
 
-    fn set_ready(&self) {
-        self.shared.ready.store(true, Ordering::SeqCst);
+    fn set_ready(&self, ready: bool) {
+        self.shared.ready.store(ready, Ordering::SeqCst);
+        if ready {
+            self.shared.settled.notify_waiters();
+        }
+    }
+
+    /// Returns once the membership has settled: every seed and DNS peer
+    /// reached (and in the view) or tried, or a few seconds after start.
+    /// A node that just started asks who holds a room only then: a holder
+    /// it has not reached yet would otherwise look like no holder at all.
+    pub async fn settled(&self) {
+        let notified = self.shared.settled.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_ready() {
+            return;
+        }
+        notified.await;
     }
 
     fn router(&self, node: &str) -> Option<ActorRef<NodeRouterMsg>> {

@@ -93,6 +93,7 @@ pub async fn start<A: Inbound>(
     .await
     .map_err(|e| err("the node router", &e))?;
     let me = format!("{}:{}", settings.advertise, bound.port());
+    cluster.set_ready(false);
     tokio::spawn(run(cluster, settings, me, bound, node_server, shutdown));
     Ok((router, bound))
 }
@@ -135,8 +136,18 @@ async fn accept(
     }
 }
 
+/// How long a dial may take before the membership counts its target as
+/// tried (unreachable for now) when settling.
+const DIAL_GRACE: Duration = Duration::from_secs(1);
+/// The membership counts as settled this long after start at the latest.
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
 struct Target {
     next_attempt: Instant,
+    /// When it was first dialed.
+    first_dial: Option<Instant>,
+    /// A session to it exists (either direction).
+    reached: bool,
     backoff: Duration,
     /// The node name last reached at this address: a session to that node
     /// in either direction (through a proxy, or dialed by the peer) counts
@@ -158,6 +169,7 @@ async fn run(
     // When each session was first seen; `None` once its handshake finished.
     let mut handshakes: HashMap<ActorId, Option<Instant>> = HashMap::new();
     let mut first_pass = true;
+    let started = Instant::now();
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -218,17 +230,21 @@ async fn run(
         for t in wanted {
             let target = targets.entry(t.clone()).or_insert(Target {
                 next_attempt: now,
+                first_dial: None,
+                reached: false,
                 backoff: BACKOFF_MIN,
                 node: None,
             });
             let known = target.node.as_ref().is_some_and(|n| names.contains(n));
-            if known || connected.iter().any(|c| c == t) {
+            target.reached = known || connected.iter().any(|c| c == t);
+            if target.reached {
                 target.backoff = BACKOFF_MIN;
                 continue;
             }
             if now < target.next_attempt {
                 continue;
             }
+            target.first_dial.get_or_insert(now);
             let jitter = 0.8 + fastrand::f64() * 0.4;
             target.next_attempt = now + target.backoff.mul_f64(jitter);
             target.backoff = (target.backoff * 2).min(BACKOFF_MAX);
@@ -239,9 +255,29 @@ async fn run(
                 }
             });
         }
-        if first_pass {
-            first_pass = false;
-            cluster.set_ready();
+        first_pass = false;
+        if !cluster.is_ready() {
+            // Settled: no handshake under way, every peer met is in the
+            // view, every target reached or dialed for a while.
+            let view = cluster.view();
+            let settled = handshakes.values().all(Option::is_none)
+                // Session names are `name@host`.
+                && names
+                    .iter()
+                    .all(|n| view.has(n.split('@').next().unwrap_or(n)))
+                && targets.values().all(|t| {
+                    t.reached
+                        || t.first_dial
+                            .is_some_and(|d| now.duration_since(d) >= DIAL_GRACE)
+                });
+            if settled || now.duration_since(started) >= SETTLE_MAX {
+                tracing::info!(
+                    peers = view.peers.len(),
+                    waited_ms = now.duration_since(started).as_millis() as u64,
+                    "cluster membership settled"
+                );
+                cluster.set_ready(true);
+            }
         }
     }
 }

@@ -67,6 +67,8 @@ struct Ack {
     epoch: String,
     offset: u64,
     msg_id: String,
+    /// The fault most recently injected when it was acknowledged.
+    phase: &'static str,
 }
 
 /// What one connection saw of one room.
@@ -466,6 +468,7 @@ async fn publisher(
                         epoch: ok.str("epoch").unwrap_or_default().to_owned(),
                         offset: ok.u64("offset").unwrap_or(0),
                         msg_id,
+                        phase: phase(),
                     });
                     seq += 1;
                     tokio::time::sleep(every).await;
@@ -476,6 +479,16 @@ async fn publisher(
             }
         }
     }
+}
+
+/// Counted against the fault most recently injected.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct AfterFault {
+    /// Rejoins answered `recovered: false`.
+    not_recovered: usize,
+    resets: usize,
+    /// Acknowledged, received by no connection.
+    unseen: usize,
 }
 
 #[derive(Debug, Default)]
@@ -489,8 +502,8 @@ struct Verdict {
     /// `reset` events received: a room's sequence restarted under members
     /// that stayed connected.
     resets: usize,
-    /// Per fault: (rejoins answered recovered: false, resets).
-    by_fault: BTreeMap<&'static str, (usize, usize)>,
+    /// What followed each kind of fault.
+    by_fault: BTreeMap<&'static str, AfterFault>,
     lost: usize,
     duplicated: usize,
     reordered: usize,
@@ -537,10 +550,11 @@ impl std::fmt::Display for Verdict {
             self.resets,
             self.seen_by_nobody
         )?;
-        for (fault, (not_recovered, resets)) in &self.by_fault {
+        for (fault, after) in &self.by_fault {
             writeln!(
                 f,
-                "  after {fault}: rejoins recovered:false {not_recovered}, resets {resets}"
+                "  after {fault}: rejoins recovered:false {}, resets {}, acknowledged but received by no connection {}",
+                after.not_recovered, after.resets, after.unseen
             )?;
         }
         for p in self.problems.iter().take(20) {
@@ -582,12 +596,12 @@ fn check(acks: &[Ack], logs: &[ConnLog]) -> Verdict {
                 Some(true) => v.recovered_true += 1,
                 Some(false) => {
                     v.recovered_false += 1;
-                    v.by_fault.entry(r.phase).or_default().0 += 1;
+                    v.by_fault.entry(r.phase).or_default().not_recovered += 1;
                 }
                 None => {}
             }
             if r.by_reset {
-                v.by_fault.entry(r.phase).or_default().1 += 1;
+                v.by_fault.entry(r.phase).or_default().resets += 1;
             }
             v.delivered += r.got.len();
             let mut next = r.from;
@@ -647,10 +661,13 @@ fn check(acks: &[Ack], logs: &[ConnLog]) -> Verdict {
             }
         }
     }
-    v.seen_by_nobody = acks
+    for a in acks
         .iter()
         .filter(|a| !received.contains(&(a.room.as_str(), a.epoch.as_str(), a.offset)))
-        .count();
+    {
+        v.seen_by_nobody += 1;
+        v.by_fault.entry(a.phase).or_default().unseen += 1;
+    }
     v
 }
 
@@ -662,6 +679,7 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
         epoch: "e".into(),
         offset,
         msg_id: msg_id.into(),
+        phase: "test",
     };
     let acks = vec![
         ack(1, "a"),
@@ -723,8 +741,16 @@ fn the_checker_catches_gaps_duplicates_mismatches_and_missing_messages() {
         epoch: "f".into(),
         offset: 1,
         msg_id: "z".into(),
+        phase: "test",
     });
     let v = check(&f_acks, &[reset]);
     assert_eq!((v.resets, v.lost, v.mismatched), (1, 0, 0), "{v}");
-    assert_eq!(v.by_fault.get("test"), Some(&(0, 1)));
+    assert_eq!(
+        v.by_fault.get("test"),
+        Some(&AfterFault {
+            not_recovered: 0,
+            resets: 1,
+            unseen: 4
+        })
+    );
 }

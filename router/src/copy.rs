@@ -55,6 +55,7 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             entries,
         } => {
             let s = &state.ctx.settings;
+            let longer = last > core.history.last_offset();
             let refused = if core.holds && core.history.epoch == epoch {
                 true
             } else {
@@ -87,9 +88,24 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
                 resend: false,
             };
             cluster.send(&home, answer.encode());
+            let here = cluster.home(&room) == Home::Local;
             // A copy from a home that no longer homes the room, here where
             // it belongs now: take the room.
-            if !refused && matches!(core.mode, Mode::Idle) && cluster.home(&room) == Home::Local {
+            if !refused && matches!(core.mode, Mode::Idle) && here {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+            } else if !refused
+                && here
+                && core.holds
+                && longer
+                && matches!(core.mode, Mode::Home { .. })
+            {
+                // Two epochs met (this node started one while it saw nobody,
+                // or was frozen while its room was taken over elsewhere):
+                // the longer sequence goes on and this one ends. Its members
+                // here are reset into that one.
+                tracing::info!(room = %room, epoch = %core.history.epoch, holder = %home, "a longer sequence is held elsewhere; fetching it");
+                crate::home::set_holds(&mut core, &state.ctx, false);
                 drop(core);
                 crate::home::acquire(myself, state, None);
             }

@@ -95,20 +95,26 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         let _ = myself.cast(RoomMsg::Acquired(Box::new(Acquired::Kept)));
         return;
     }
-    let cluster = state.ctx.cluster.clone();
-    let view = cluster.view();
-    let reachable = core.copies.keys().find(|o| view.has(o)).cloned();
-    let source = match (reachable, core.copies.keys().next().cloned()) {
-        (Some(origin), _) => Source::Fetch(origin),
-        (None, Some(origin)) => Source::TakeOver(origin),
-        (None, None) => view
-            .previous(&core.name)
-            .map_or(Source::Fresh, Source::Fetch),
-    };
     let room = core.name.clone();
     drop(core);
-    let myself = myself.clone();
+    let (cluster, core, myself) = (
+        state.ctx.cluster.clone(),
+        state.core.clone(),
+        myself.clone(),
+    );
     tokio::spawn(async move {
+        // A node that just started may not have met the holder yet.
+        cluster.settled().await;
+        let source = {
+            let core = core.lock();
+            let view = cluster.view();
+            let reachable = core.copies.keys().find(|o| view.has(o)).cloned();
+            match (reachable, core.copies.keys().next().cloned()) {
+                (Some(origin), _) => Source::Fetch(origin),
+                (None, Some(origin)) => Source::TakeOver(origin),
+                (None, None) => view.previous(&room).map_or(Source::Fresh, Source::Fetch),
+            }
+        };
         let how = resolve(&cluster, &room, source).await;
         let _ = myself.cast(RoomMsg::Acquired(Box::new(how)));
     });
