@@ -98,21 +98,18 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             Err(r) => *r,
             Ok(()) => publish(node, req).await,
         },
-        (&Method::GET, p) if p.starts_with("/api/rooms/") && p.ends_with("/presence") => {
+        (&Method::GET, p) if room_in(p, "/api/rooms/", "/presence").is_some() => {
             match check_api_key(&node, &req) {
                 Err(r) => *r,
                 Ok(()) => {
-                    let room = &p["/api/rooms/".len()..p.len() - "/presence".len()];
-                    presence(&node, room).await
+                    presence(&node, room_in(p, "/api/rooms/", "/presence").unwrap_or("")).await
                 }
             }
         }
         (&Method::POST, p)
-            if node.settings.debug.faults
-                && p.starts_with("/debug/rooms/")
-                && p.ends_with("/crash") =>
+            if node.settings.debug.faults && room_in(p, "/debug/rooms/", "/crash").is_some() =>
         {
-            let room = &p["/debug/rooms/".len()..p.len() - "/crash".len()];
+            let room = room_in(p, "/debug/rooms/", "/crash").unwrap_or("");
             if node.rooms.crash(room) {
                 text(StatusCode::OK, "crashed")
             } else {
@@ -122,6 +119,12 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(resp)
+}
+
+/// The room name in `{prefix}{room}{suffix}` (possibly empty: the handler
+/// says what is wrong with it); `None` if the path has another shape.
+fn room_in<'a>(path: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)?.strip_suffix(suffix)
 }
 
 fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Box<Resp>> {

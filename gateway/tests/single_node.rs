@@ -977,3 +977,29 @@ on_one_node_and_on_a_cluster!(
     idle_sessions_passivate_and_wake,
     a_member_that_stops_reading_blocks_nobody,
 );
+
+/// Paths of every shape near the routes that take a room: an answer each
+/// (4xx for what is malformed), never a dropped connection, and the node
+/// serves on.
+#[tokio::test]
+async fn malformed_paths_get_an_answer() {
+    let s = Server::start(&[("SWITCHBOARD__DEBUG__FAULTS", "true")]);
+    for (method, path, want) in [
+        ("GET", "/api/rooms/presence", 404),
+        ("GET", "/api/rooms//presence", 400),
+        ("GET", "/api/rooms/", 404),
+        ("GET", "/api/rooms", 404),
+        ("GET", "/api/rooms/presence/presence", 200),
+        ("GET", "/api/rooms/a%20b/presence", 400),
+        ("POST", "/debug/rooms/crash", 404),
+        ("POST", "/debug/rooms//crash", 404),
+        ("POST", "/debug/rooms/", 404),
+        ("POST", "/debug/rooms/nothing-here/crash", 404),
+    ] {
+        let (status, body) = s.http(method, path, &[], b"").await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+    }
+    assert!(!s.logs().contains("panicked"), "{}", s.logs());
+    let (status, _) = s.http("GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
+}
