@@ -285,3 +285,91 @@ pub fn memory_per_connection(rows: &[Value], out: &Path) -> Result<bool> {
     root.present().map_err(err)?;
     Ok(true)
 }
+
+/// Steady-state RSS per connection against how often each connection sends
+/// a `ping` (the `chat` scenario), per system, against the 7 KiB budget.
+pub fn memory_vs_activity(rows: &[Value], out: &Path) -> Result<bool> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r["scenario"] == "chat" && r["command"] == "ping")
+    {
+        let (Some(every), Some(kib)) =
+            (num(r, "every_ms"), num(r, "rss_kib_per_connection_steady"))
+        else {
+            continue;
+        };
+        let label = text(r, "system");
+        let point = (every / 1000.0, kib);
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(point),
+            None => series.push((label, vec![point])),
+        }
+    }
+    if series.is_empty() {
+        return Ok(false);
+    }
+    for (_, points) in &mut series {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let max_t = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(t, _)| *t))
+        .fold(1.0f64, f64::max);
+    let max_k = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, k)| *k))
+        .fold(7.0f64, f64::max)
+        * 1.3;
+    let root = SVGBackend::new(out, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "memory per connection, each sending a ping every T s",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_t * 1.05, 0f64..max_k)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("T, seconds between commands")
+        .x_label_formatter(&|t| format!("{t:.0}"))
+        .y_desc("KiB RSS per connection")
+        .draw()
+        .map_err(err)?;
+    for (i, (label, points)) in series.into_iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            vec![(0.0, 7.0), (max_t * 1.05, 7.0)],
+            RED.stroke_width(1),
+        ))
+        .map_err(err)?
+        .label("budget: 7 KiB")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(true)
+}

@@ -62,6 +62,7 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
     let members_svg =
         plots::deliveries_vs_members(&rows, &plot_dir.join("deliveries-vs-members.svg"))?;
     let cdf_svg = plots::latency_cdf(&rows, &plot_dir.join("latency-cdf.svg"))?;
+    let activity_svg = plots::memory_vs_activity(&rows, &plot_dir.join("memory-vs-activity.svg"))?;
 
     writeln!(md, "## Memory per idle connection (`density`)\n")?;
     write!(md, "{}", plot("memory-per-connection", memory_svg))?;
@@ -77,6 +78,34 @@ pub fn write(input: &Path, out: &Path) -> Result<()> {
             f(r, "connections"),
             f(r, "rss_kib_per_connection"),
             f(r, "kernel_kib_per_connection")
+        )?;
+    }
+    writeln!(md, "\n## Memory under activity (`chat`)\n")?;
+    writeln!(
+        md,
+        "Every connection (100 shared rooms, `presence: false`) sends a `ping` every T \
+         (each at its own phase), or a `pub` to a room of its own (so that fan-out does not \
+         dominate) and reads the `ok` and the message. Server RSS per connection above a warm \
+         baseline: 2 s and 10 s after the last join, and averaged over one period once steady. \
+         Budgets (issue 11): 7 KiB at 2 s and steady at T = 5 s, 3 KiB at 10 s.\n"
+    )?;
+    write!(md, "{}", plot("memory-vs-activity", activity_svg))?;
+    writeln!(
+        md,
+        "| system | command | T ms | connections | failed | KiB/conn 2 s | KiB/conn 10 s | KiB/conn steady |\n|---|---|---|---|---|---|---|---|"
+    )?;
+    for r in of("chat") {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            f(r, "system"),
+            f(r, "command"),
+            f(r, "every_ms"),
+            f(r, "connections"),
+            f(r, "failed"),
+            f(r, "rss_kib_per_connection_2s"),
+            f(r, "rss_kib_per_connection_10s"),
+            f(r, "rss_kib_per_connection_steady"),
         )?;
     }
     writeln!(md, "\n## Connect + join rate (`connect`)\n")?;

@@ -75,6 +75,8 @@ enum Rooms {
 
 struct Sizes {
     density: usize,
+    /// Connections of the chat (memory under activity) scenarios.
+    chat: usize,
     connect: usize,
     members: usize,
     /// Smaller rooms, for latency and throughput against room size.
@@ -88,6 +90,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let sizes = if args.quick {
         Sizes {
             density: 5000,
+            chat: 4000,
             connect: 10000,
             members: 5000,
             small_members: vec![1000],
@@ -98,6 +101,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     } else {
         Sizes {
             density: 18000,
+            chat: 8000,
             connect: 10000,
             members: 5000,
             small_members: vec![500, 1000, 2000],
@@ -157,6 +161,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
             let (d, c) = density(sys, sizes.density).await?;
             results.push(d);
             results.push(c);
+        }
+        if want("chat") {
+            let n = sizes.chat;
+            for (every_ms, command) in [
+                (0, "ping"),
+                (1000, "ping"),
+                (5000, "ping"),
+                (30000, "ping"),
+                (5000, "pub"),
+            ] {
+                step(&format!(
+                    "{}: chat, {n} connections, {command} every {every_ms} ms",
+                    sys.name
+                ));
+                results.push(chat(sys, n, every_ms, command).await?);
+            }
         }
         if want("connect") {
             step(&format!(
@@ -261,7 +281,13 @@ struct Worker {
 }
 
 impl Worker {
-    async fn spawn(addr: String, connections: usize, id: usize, rooms: Rooms) -> Result<Worker> {
+    async fn spawn(
+        addr: String,
+        connections: usize,
+        id: usize,
+        rooms: Rooms,
+        extra: Vec<String>,
+    ) -> Result<Worker> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("worker")
             .arg("--addr")
@@ -282,6 +308,7 @@ impl Worker {
                 cmd.arg("--fanout-room").arg(room);
             }
         }
+        cmd.args(extra);
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
@@ -339,6 +366,18 @@ async fn spawn_workers(
     first_id: usize,
     rooms: Rooms,
 ) -> Result<Vec<Worker>> {
+    spawn_workers_with(sys, total, per_worker, first_id, rooms, &[]).await
+}
+
+/// Like [`spawn_workers`], passing `extra` arguments to every worker.
+async fn spawn_workers_with(
+    sys: &System,
+    total: usize,
+    per_worker: usize,
+    first_id: usize,
+    rooms: Rooms,
+    extra: &[String],
+) -> Result<Vec<Worker>> {
     let mut workers = Vec::new();
     let mut left = total;
     let mut pending = Vec::new();
@@ -350,6 +389,7 @@ async fn spawn_workers(
             n,
             first_id + pending.len(),
             rooms.clone(),
+            extra.to_vec(),
         ));
         left -= n;
     }
@@ -425,6 +465,70 @@ async fn density(sys: &System, n: usize) -> Result<(serde_json::Value, serde_jso
         json!(opened as f64 / connect_secs),
     );
     Ok((serde_json::Value::Object(d), serde_json::Value::Object(c)))
+}
+
+/// Memory under a chat-like load: `n` connections (100 shared rooms,
+/// `presence: false`; with `pub`, a room of its own each, so that fan-out
+/// does not dominate), each sending `command` every `every_ms` (0: never).
+/// Server RSS per connection above a warm baseline, 2 s and 10 s after the
+/// last join and, under load, averaged over one period in steady state.
+async fn chat(sys: &System, n: usize, every_ms: u64, command: &str) -> Result<serde_json::Value> {
+    settle(sys).await?;
+    let pid = sys.pids[0];
+    let warm = spawn_workers(sys, 500, PER_WORKER, 9000, Rooms::Shared).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = procstat::rss_kib(pid)?;
+    let extra = [
+        "--quiet".to_owned(),
+        "--every-ms".to_owned(),
+        every_ms.to_string(),
+        "--command".to_owned(),
+        command.to_owned(),
+    ];
+    let rooms = if command == "pub" {
+        Rooms::Own
+    } else {
+        Rooms::Shared
+    };
+    let workers = spawn_workers_with(sys, n, PER_WORKER, 40, rooms, &extra).await?;
+    let joined = Instant::now();
+    let opened: usize = workers.iter().map(|w| w.opened).sum();
+    let per_conn = |rss: u64| rss.saturating_sub(rss0) as f64 / opened.max(1) as f64;
+    let at = |secs: u64| joined + Duration::from_secs(secs);
+    tokio::time::sleep_until(at(2).into()).await;
+    let after_2s = per_conn(procstat::rss_kib(pid)?);
+    tokio::time::sleep_until(at(10).into()).await;
+    let after_10s = per_conn(procstat::rss_kib(pid)?);
+    let mut steady = None;
+    if every_ms > 0 {
+        // Past the first period and the passivation period (5 s): sample
+        // five times over one period.
+        let period = Duration::from_millis(every_ms);
+        let start = joined + period.max(Duration::from_secs(10)) + period;
+        tokio::time::sleep_until(start.into()).await;
+        let mut sum = 0.0;
+        for _ in 0..5 {
+            sum += per_conn(procstat::rss_kib(pid)?);
+            tokio::time::sleep(period / 5).await;
+        }
+        steady = Some(sum / 5.0);
+    }
+    let mut failed = 0;
+    for w in workers {
+        failed += w.finish().await?.failed;
+    }
+    for w in warm {
+        w.finish().await?;
+    }
+    let mut c = row("chat", sys.name);
+    c.insert("command".into(), json!(command));
+    c.insert("every_ms".into(), json!(every_ms));
+    c.insert("connections".into(), json!(opened));
+    c.insert("failed".into(), json!(failed));
+    c.insert("rss_kib_per_connection_2s".into(), json!(after_2s));
+    c.insert("rss_kib_per_connection_10s".into(), json!(after_10s));
+    c.insert("rss_kib_per_connection_steady".into(), json!(steady));
+    Ok(serde_json::Value::Object(c))
 }
 
 /// Connections per second, each joining a room of its own, from two

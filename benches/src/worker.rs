@@ -35,6 +35,17 @@ pub struct WorkerArgs {
     /// A unique number for this worker (user names).
     #[arg(long, default_value_t = 0)]
     pub id: usize,
+    /// Join without `joined`/`left` events (`presence: false`).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Every connection sends a command this often (0: never), each at its
+    /// own phase of the period: a chat-like load that keeps sessions awake.
+    #[arg(long, default_value_t = 0)]
+    pub every_ms: u64,
+    /// What it sends: `ping`, or `pub` (to its own room, answered by the
+    /// `ok` and the message itself).
+    #[arg(long, default_value = "ping")]
+    pub command: String,
 }
 
 /// What a worker reports.
@@ -99,9 +110,9 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
                 // measures messages, and 5,000 joins would otherwise queue
                 // 12.5 million `joined` events ahead of them (the peer sends
                 // none).
-                let quiet = args.fanout_room.is_some();
+                let quiet = args.quiet || args.fanout_room.is_some();
                 match open(&args.addr, &user, &room, quiet).await {
-                    Ok(c) => clients.push(c),
+                    Ok(c) => clients.push((c, room)),
                     Err(_) => {
                         failed.fetch_add(1, Ordering::SeqCst);
                     }
@@ -119,9 +130,17 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let stop = tokio_util_stop();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut members = Vec::new();
+    let mut chatters = Vec::new();
     if args.fanout_room.is_some() {
-        for c in clients.drain(..) {
+        for (c, _) in clients.drain(..) {
             members.push(tokio::spawn(member(c, stop.1.clone(), received.clone())));
+        }
+    } else if args.every_ms > 0 {
+        let every = Duration::from_millis(args.every_ms);
+        let publish = args.command == "pub";
+        for (c, room) in clients.drain(..) {
+            let stop = stop.1.clone();
+            chatters.push(tokio::spawn(chatter(c, room, every, publish, stop)));
         }
     }
     emit(&format!("ready {opened} {}", failed.load(Ordering::SeqCst)));
@@ -161,6 +180,11 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         hist.add(&h)?;
     }
     report.latency = encode_histogram(&hist)?;
+    for c in chatters {
+        if !c.await? {
+            report.failed += 1;
+        }
+    }
     drop(clients);
     emit(&serde_json::to_string(&report)?);
     Ok(())
@@ -186,6 +210,38 @@ async fn open(addr: &str, user: &str, room: &str, quiet: bool) -> Result<Client>
         c.join(room).await?;
     }
     Ok(c)
+}
+
+/// Sends a command every `every` until stopped (the first at a random
+/// point of the period) and reads what it gets back; `false` if the
+/// connection failed.
+async fn chatter(
+    mut c: Client,
+    room: String,
+    every: Duration,
+    publish: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut next = tokio::time::Instant::now() + every.mul_f64(fastrand::f64());
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => return true,
+        }
+        next += every;
+        seq += 1;
+        let done = if publish {
+            let data = rmpv::Value::Array(vec![seq.into(), now_ns().into()]);
+            c.publish(&room, data).await.is_ok()
+                && c.next_op("msg", Duration::from_secs(10)).await.is_ok()
+        } else {
+            c.ping().await.is_ok()
+        };
+        if !done {
+            return false;
+        }
+    }
 }
 
 /// Counts one member's messages: `data` is `[seq, published_ns]`.
