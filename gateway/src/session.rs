@@ -1,11 +1,18 @@
-//! The Session actor: decodes a connection's commands and carries them out.
+//! The Session actor: carries out a connection's commands that wait on
+//! other actors.
 //!
-//! One Session per socket while the socket is active. A Session that has
-//! handled nothing for `session.passivate_ms` stops itself; the next message
-//! from the client starts a new one. Nothing is lost by that: what a
+//! Commands that only check and cast (`join`, `leave`, `pub`, `ping`) are
+//! carried out by the socket's reader itself when nothing earlier is still
+//! with a Session, so a connection that chats (publishes, pings, joins)
+//! needs no actor awake. A message with a command that waits for an answer
+//! (`send`, `presence`) goes to the connection's Session, started on
+//! demand; what follows it goes there too until it is handled, so commands
+//! are carried out in order. A Session that has handled nothing for
+//! `session.passivate_ms` stops itself. Nothing is lost by that: what a
 //! connection is (identity, rooms, rate limiter, outbound queue) lives in
 //! [`Conn`], shared by the socket's reader and the Session, and deliveries
-//! never go through the Session at all. So an idle socket costs no actor.
+//! never go through the Session at all. So an idle or chatting socket costs
+//! no actor.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -47,8 +54,8 @@ struct Slot {
 }
 
 pub enum SessionMsg {
-    /// One binary WebSocket message from the client.
-    Frame(Bytes),
+    /// The commands of one binary WebSocket message from the client.
+    Commands(Vec<Result<Command, CommandError>>),
     /// Stop if nothing has happened for the passivation period.
     IdleCheck,
 }
@@ -88,9 +95,16 @@ impl Conn {
         self.out.clone()
     }
 
-    /// Hands a client message to the Session, starting one if none runs.
+    /// Carries out a client message's commands: here, if none of them
+    /// waits for an answer and nothing earlier is still with the Session;
+    /// else by the Session, started if none runs.
     pub async fn deliver(self: &Arc<Self>, frame: Bytes) {
-        let mut msg = SessionMsg::Frame(frame);
+        let commands: Vec<_> = decode_commands(&frame).collect();
+        if commands.iter().all(needs_no_actor) && self.slot.lock().pending == 0 {
+            self.handle_commands(commands).await;
+            return;
+        }
+        let mut msg = SessionMsg::Commands(commands);
         // Only this connection's reader sends here, so a Session started
         // below cannot race another start.
         for _ in 0..2 {
@@ -169,8 +183,8 @@ impl Conn {
         }
     }
 
-    async fn handle_frame(&self, frame: Bytes) {
-        for cmd in decode_commands(&frame) {
+    async fn handle_commands(&self, commands: Vec<Result<Command, CommandError>>) {
+        for cmd in commands {
             let result = match cmd {
                 Ok(cmd) => self.handle(cmd).await,
                 Err(e) => Err(e),
@@ -327,6 +341,18 @@ impl Conn {
     }
 }
 
+/// A command carried out with checks and casts only (a bad one is an
+/// error reply): it waits on no other actor's answer.
+fn needs_no_actor(command: &Result<Command, CommandError>) -> bool {
+    match command {
+        Ok(c) => !matches!(
+            c.kind,
+            CommandKind::Send { .. } | CommandKind::Presence { .. }
+        ),
+        Err(_) => true,
+    }
+}
+
 impl Actor for Session {
     type Msg = SessionMsg;
     type State = SessionState;
@@ -353,8 +379,8 @@ impl Actor for Session {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Frame(frame) => {
-                state.conn.handle_frame(frame).await;
+            SessionMsg::Commands(commands) => {
+                state.conn.handle_commands(commands).await;
                 state.last_active = Instant::now();
                 let mut slot = state.conn.slot.lock();
                 slot.pending = slot.pending.saturating_sub(1);

@@ -1003,3 +1003,54 @@ async fn malformed_paths_get_an_answer() {
     let (status, _) = s.http("GET", "/healthz", &[], b"").await;
     assert_eq!(status, 200);
 }
+
+/// `join`, `pub`, `leave` and `ping` are carried out without a Session
+/// actor; `presence` and `send` wake one, and what follows them waits for
+/// them: replies keep the commands' order.
+#[tokio::test]
+async fn only_commands_that_wait_wake_a_session_and_order_holds() {
+    let s = Server::start(&[("SWITCHBOARD__SESSION__PASSIVATE_MS", "300")]);
+    let mut a = s.client("alice").await;
+    a.join("p").await.unwrap();
+    assert_eq!(a.publish("p", 1.into()).await.unwrap(), 1);
+    a.ping().await.unwrap();
+    assert_eq!(s.metric("switchboard_session_actors").await, 0.0);
+    // One message with `presence` then `pub`, and right behind it a `ping`:
+    // the Session carries out all three, in order.
+    let mut batch = encode_command(&[
+        ("op", "presence".into()),
+        ("id", 101u64.into()),
+        ("room", "p".into()),
+    ]);
+    batch.extend(encode_command(&[
+        ("op", "pub".into()),
+        ("id", 102u64.into()),
+        ("room", "p".into()),
+        ("data", Field::Value(Value::from(2))),
+    ]));
+    a.send_binary(batch).await.unwrap();
+    a.send_binary(encode_command(&[
+        ("op", "ping".into()),
+        ("id", 103u64.into()),
+    ]))
+    .await
+    .unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 3 {
+        let ev = a.next_event(WAIT).await.unwrap();
+        if let Some(id) = ev.u64("id") {
+            replies.push((id, ev.op().to_owned()));
+        }
+    }
+    assert_eq!(
+        replies,
+        [
+            (101, "ok".to_owned()),
+            (102, "ok".to_owned()),
+            (103, "pong".to_owned())
+        ]
+    );
+    assert_eq!(s.metric("switchboard_session_actors").await, 1.0);
+    s.wait_metric("switchboard_session_actors", 0.0, WAIT).await;
+    assert_eq!(a.publish("p", 3.into()).await.unwrap(), 3);
+}
