@@ -12,10 +12,16 @@ if [ ! -x "$out/bin/switchboard" ]; then
   rm -rf "$out/src"
   mkdir -p "$out/src" "$out/bin"
   git archive "$rev" | tar -x -C "$out/src"
-  # In this checkout's target directory, so that the dependencies both
-  # releases share are built once. Its binary lands on target/debug/
-  # switchboard: copied out, then the current one put back.
-  CARGO_TARGET_DIR="$PWD/target" cargo build --quiet --locked \
+  # Built in this checkout's target directory, so that the dependencies both
+  # releases share are built once. Cargo names a path crate's artefacts by
+  # its name, version and path inside its workspace, which both releases
+  # share: the old one gets its own version, or one release's crates would
+  # be linked against the other's.
+  sed -i 's/^version = "0\.1\.0"$/version = "0.1.0-previous"/' "$out/src/Cargo.toml"
+  grep -q '^version = "0.1.0-previous"$' "$out/src/Cargo.toml"
+  # Its binary lands on target/debug/switchboard: copied out, then the
+  # current one put back.
+  CARGO_TARGET_DIR="$PWD/target" cargo build --quiet \
     --manifest-path "$out/src/Cargo.toml" --bin switchboard >&2
   cp target/debug/switchboard "$out/bin/switchboard.tmp"
   mv "$out/bin/switchboard.tmp" "$out/bin/switchboard"
