@@ -105,7 +105,7 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
                 // the longer sequence goes on and this one ends. Its members
                 // here are reset into that one.
                 tracing::info!(room = %room, epoch = %core.history.epoch, holder = %home, "a longer sequence is held elsewhere; fetching it");
-                crate::home::set_holds(&mut core, &state.ctx, false);
+                crate::home::unhold(&mut core, &state.ctx);
                 drop(core);
                 crate::home::acquire(myself, state, None);
             }

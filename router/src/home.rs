@@ -24,9 +24,10 @@
 //! otherwise starts a new epoch: alone, it cannot tell whether the follower
 //! took the room over.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use ractor::ActorRef;
 use switchboard_cluster::Cluster;
 
@@ -129,27 +130,40 @@ async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Acquired {
             let ask = RoomWire::Fetch {
                 room: room.to_owned(),
                 node: cluster.me().to_string(),
-            };
-            match cluster
-                .call(&node, ask.encode())
-                .await
-                .and_then(|a| RoomWire::decode(&a).ok())
-            {
-                Some(RoomWire::Snapshot {
-                    epoch,
-                    last,
-                    entries,
-                    ..
-                }) => Acquired::Fetched {
-                    epoch,
-                    last,
-                    entries,
-                },
-                Some(_) => Acquired::Fresh {
-                    why: "the previous node held nothing",
-                },
-                // Not answered: if it is gone, the copy (if any) is the room.
-                None => Box::pin(resolve(cluster, room, Source::TakeOver(node))).await,
+            }
+            .encode();
+            let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
+            loop {
+                match cluster
+                    .call(&node, ask.clone())
+                    .await
+                    .and_then(|a| RoomWire::decode(&a).ok())
+                {
+                    Some(RoomWire::Snapshot {
+                        epoch,
+                        last,
+                        entries,
+                        ..
+                    }) => {
+                        return Acquired::Fetched {
+                            epoch,
+                            last,
+                            entries,
+                        }
+                    }
+                    Some(_) => {
+                        return Acquired::Fresh {
+                            why: "the previous node held nothing",
+                        }
+                    }
+                    // Not answered but still there (a slow link, a busy
+                    // node): ask again rather than start over.
+                    None if cluster.view().has(&node) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    // Gone: the copy (if any) is the room.
+                    None => return Box::pin(resolve(cluster, room, Source::TakeOver(node))).await,
+                }
             }
         }
         Source::TakeOver(origin) => {
@@ -237,7 +251,7 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
         metrics::counter!("switchboard_room_handovers_total", "outcome" => outcome).increment(1);
         tracing::info!(room = %core.name, epoch = %core.history.epoch, offset = core.history.last_offset(), outcome, "room acquired");
         core.copies.clear();
-        set_holds(&mut core, &state.ctx, true);
+        hold(&state.ctx, &state.core, &mut core);
         let previous = std::mem::replace(
             &mut core.mode,
             Mode::Home {
@@ -277,42 +291,62 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
     }
 }
 
+/// What a node keeps of each room it holds, so that a new home's fetch is
+/// answered without the room's actor: that actor may be waiting on a call
+/// to the new home (a join's subscription), which waits on this hand-over.
+#[derive(Clone)]
+pub struct Holder {
+    core: Arc<Mutex<RoomCore>>,
+    ctx: Weak<RoomContext>,
+}
+
 /// (holder) Another node is the room's home now and asks for it: hand
 /// over everything and stop holding. The members here follow the new home.
-pub(crate) fn hand_over(
-    myself: &ActorRef<RoomMsg>,
-    state: &mut RoomState,
-    node: Arc<str>,
-) -> RoomWire {
-    let mut core = state.core.lock();
-    let me = state.ctx.cluster.me().clone();
+pub(crate) fn hand_over(holder: &Holder, node: Arc<str>) -> RoomWire {
+    let Some(ctx) = holder.ctx.upgrade() else {
+        return RoomWire::Error {
+            reason: "this node is stopping".into(),
+        };
+    };
+    let mut core = holder.core.lock();
+    let me = ctx.cluster.me().clone();
     if !core.holds {
         return RoomWire::Error {
             reason: format!("{me} does not hold {}", core.name),
         };
     }
-    set_holds(&mut core, &state.ctx, false);
-    let snapshot = snapshot(&state.ctx, &core);
+    unhold(&mut core, &ctx);
+    let snapshot = snapshot(&ctx, &core);
     // Their publishers retry; the new home knows their msg_ids.
-    core.fail_pending(&state.ctx);
+    core.fail_pending(&ctx);
     if let Some(f) = core.follower.take() {
-        forget(&state.ctx, &core, &f.node);
+        forget(&ctx, &core, &f.node);
     }
     metrics::counter!("switchboard_room_handovers_total", "outcome" => "handed_over").increment(1);
     tracing::info!(room = %core.name, to = %node, epoch = %core.history.epoch, offset = core.history.last_offset(), "room handed over");
     if matches!(core.mode, Mode::Home { .. }) {
-        start_sync(myself, state, &mut core, node);
+        let actor = ctx.map.get(&core.name).map(|a| a.clone());
+        if let Some(actor) = actor {
+            start_sync(&actor, &ctx, &mut core, node);
+        }
     }
     snapshot
 }
 
-pub(crate) fn set_holds(core: &mut RoomCore, ctx: &RoomContext, holds: bool) {
-    core.holds = holds;
-    if holds {
-        ctx.held.insert(core.name.clone());
-    } else {
-        ctx.held.remove(&core.name);
-    }
+/// This node holds the room's sequence from now on.
+pub(crate) fn hold(ctx: &Arc<RoomContext>, shared: &Arc<Mutex<RoomCore>>, core: &mut RoomCore) {
+    core.holds = true;
+    let holder = Holder {
+        core: shared.clone(),
+        ctx: Arc::downgrade(ctx),
+    };
+    ctx.held.insert(core.name.clone(), holder);
+}
+
+/// This node no longer holds the room's sequence.
+pub(crate) fn unhold(core: &mut RoomCore, ctx: &RoomContext) {
+    core.holds = false;
+    ctx.held.remove(&core.name);
 }
 
 fn forget(ctx: &RoomContext, core: &RoomCore, node: &str) {

@@ -73,11 +73,6 @@ pub enum RoomMsg {
     /// A peer's replication message for this room (`Append`, `Appended`,
     /// `Snapshot`, `Forget`).
     Replication(Box<RoomWire>),
-    /// (holder) A new home asks for the room; answered with a snapshot.
-    Fetch {
-        node: Arc<str>,
-        reply: tokio::sync::oneshot::Sender<RoomWire>,
-    },
     /// Fault injection (`debug.faults`): the room panics.
     Crash,
 }
@@ -276,7 +271,7 @@ impl RoomCore {
     pub(crate) fn superseded(&mut self, ctx: &RoomContext, epoch: &str) {
         if self.holds && self.history.epoch != epoch {
             tracing::info!(room = %self.name, epoch = %self.history.epoch, by = epoch, "held epoch superseded");
-            crate::home::set_holds(self, ctx, false);
+            crate::home::unhold(self, ctx);
         }
     }
 
@@ -413,9 +408,6 @@ pub(crate) async fn dispatch(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
         RoomMsg::Resync => resync_again(myself, state),
         RoomMsg::Acquired(how) => Box::pin(crate::home::acquired(myself, state, *how)).await,
         RoomMsg::Replication(wire) => crate::copy::handle(myself, state, *wire),
-        RoomMsg::Fetch { node, reply } => {
-            let _ = reply.send(crate::home::hand_over(myself, state, node));
-        }
         RoomMsg::Crash => panic!("room crash injected (debug.faults)"),
     }
 }
@@ -797,7 +789,7 @@ fn deliver(
     }
     let resync = relay(&mut core, epoch, offset, ev);
     if let Some(home) = resync {
-        start_sync(myself, state, &mut core, home);
+        start_sync(myself, &state.ctx, &mut core, home);
     }
 }
 
@@ -849,7 +841,7 @@ fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<A
 /// as `Resynced`. Members stay; deliveries are held meanwhile.
 pub(crate) fn start_sync(
     myself: &ActorRef<RoomMsg>,
-    state: &RoomState,
+    ctx: &RoomContext,
     core: &mut RoomCore,
     home: Arc<str>,
 ) {
@@ -874,7 +866,7 @@ pub(crate) fn start_sync(
     };
     let req = RoomWire::Subscribe {
         room: core.name.to_string(),
-        node: state.ctx.cluster.me().to_string(),
+        node: ctx.cluster.me().to_string(),
         since: Some(SinceWire {
             epoch: epoch.clone(),
             offset: last,
@@ -887,7 +879,7 @@ pub(crate) fn start_sync(
         asked: held.len(),
         held,
     };
-    let (cluster, myself) = (state.ctx.cluster.clone(), myself.clone());
+    let (cluster, myself) = (ctx.cluster.clone(), myself.clone());
     tokio::spawn(async move {
         let answer = cluster
             .call(&home, req.encode())
@@ -959,7 +951,7 @@ fn resynced(
         }
     }
     if let Some(home) = again {
-        start_sync(myself, state, &mut core, home);
+        start_sync(myself, &state.ctx, &mut core, home);
     }
 }
 
@@ -970,7 +962,7 @@ fn resync_again(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     };
     let home = home.clone();
     match state.ctx.cluster.home(&core.name) {
-        Home::Remote(now) if now == home => start_sync(myself, state, &mut core, home),
+        Home::Remote(now) if now == home => start_sync(myself, &state.ctx, &mut core, home),
         // The view moved on; its ViewChanged re-routes the room.
         _ => {}
     }
@@ -989,7 +981,7 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
             // home, other nodes' relays re-subscribe there themselves.
             core.fail_pending(&state.ctx);
             crate::home::snapshot_to(&state.ctx, &core, &to);
-            start_sync(myself, state, &mut core, to);
+            start_sync(myself, &state.ctx, &mut core, to);
         }
         (Mode::Acquiring { .. }, Home::Remote(to)) => {
             // The view moved on first: what waited goes the new way.
@@ -1003,7 +995,7 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
                     epoch,
                     last,
                 };
-                start_sync(myself, state, &mut core, to);
+                start_sync(myself, &state.ctx, &mut core, to);
             }
             for msg in queue {
                 let _ = myself.cast(msg);
@@ -1013,7 +1005,7 @@ fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
             if *from != to =>
         {
             core.fail_pending(&state.ctx);
-            start_sync(myself, state, &mut core, to);
+            start_sync(myself, &state.ctx, &mut core, to);
         }
         (Mode::Relay { .. } | Mode::Syncing { .. }, Home::Local) => {
             drop(core);
@@ -1051,7 +1043,7 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         if now.duration_since(since) > HANDOVER_UNASKED {
             // The new home did not ask: it had the room already.
             tracing::info!(room = %core.name, "hand-over not asked for; epoch over");
-            crate::home::set_holds(&mut core, &state.ctx, false);
+            crate::home::unhold(&mut core, &state.ctx);
         }
     } else {
         core.moved_at = None;
@@ -1070,7 +1062,7 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         return;
     }
     let name = core.name.clone();
-    crate::home::set_holds(&mut core, &state.ctx, false);
+    crate::home::unhold(&mut core, &state.ctx);
     drop(core);
     // Leave the registry first, so new requests start a new incarnation,
     // then drain: what was already queued here is forwarded to it.

@@ -10,6 +10,7 @@ use ractor::{ActorRef, MessagingErr};
 use switchboard_cluster::Cluster;
 use switchboard_protocol::Bytes;
 
+use crate::home::Holder;
 use crate::member::MembershipObserver;
 use crate::room::{PublishReply, PublishRequest, RoomMsg};
 use crate::supervisor::RoomSupervisorMsg;
@@ -38,7 +39,7 @@ pub(crate) struct RoomContext {
     pub(crate) observer: Arc<dyn MembershipObserver>,
     pub(crate) settings: RoomSettings,
     /// The rooms whose sequence this node holds (see `home.rs`).
-    pub(crate) held: Arc<dashmap::DashSet<Arc<str>>>,
+    pub(crate) held: Arc<DashMap<Arc<str>, Holder>>,
 }
 
 impl RoomContext {
@@ -56,7 +57,7 @@ impl RoomContext {
 pub struct Rooms {
     pub(crate) map: Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
     pub(crate) supervisor: ActorRef<RoomSupervisorMsg>,
-    pub(crate) held: Arc<dashmap::DashSet<Arc<str>>>,
+    pub(crate) held: Arc<DashMap<Arc<str>, Holder>>,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -241,26 +242,12 @@ impl Rooms {
                 .unwrap_or_else(|e| RoomWire::Error {
                     reason: e.to_string(),
                 }),
-            // Answered here when the room is not held: its actor may be busy
-            // (a relay's join waits on a subscription, perhaps at the asker).
-            Ok(RoomWire::Fetch { room, .. }) if !self.held.contains(room.as_str()) => {
-                RoomWire::Error {
-                    reason: format!("{room} is not held here"),
-                }
-            }
+            // Answered here, not by the room's actor (see `Holder`).
             Ok(RoomWire::Fetch { room, node }) => {
-                let (reply, rx) = tokio::sync::oneshot::channel();
-                let asked = self.cast_if_running(
-                    &room,
-                    RoomMsg::Fetch {
-                        node: node.into(),
-                        reply,
-                    },
-                );
-                let answer = tokio::time::timeout(switchboard_cluster::CALL_TIMEOUT, rx).await;
-                match answer {
-                    Ok(Ok(a)) if asked => a,
-                    _ => RoomWire::Error {
+                let holder = self.held.get(room.as_str()).map(|h| h.clone());
+                match holder {
+                    Some(holder) => crate::home::hand_over(&holder, node.into()),
+                    None => RoomWire::Error {
                         reason: format!("{room} is not held here"),
                     },
                 }

@@ -51,7 +51,7 @@ impl RoomSupervisor {
         parent: Option<ActorCell>,
     ) -> Result<(Rooms, ActorRef<RoomSupervisorMsg>), RouterError> {
         let map = Arc::new(DashMap::new());
-        let held = Arc::new(dashmap::DashSet::new());
+        let held = Arc::new(DashMap::new());
         let args = (
             (map.clone(), held.clone()),
             RoomSupervisorArgs {
@@ -113,7 +113,7 @@ impl RoomSupervisor {
 type Args = (
     (
         Arc<DashMap<Arc<str>, ActorRef<RoomMsg>>>,
-        Arc<dashmap::DashSet<Arc<str>>>,
+        Arc<DashMap<Arc<str>, crate::home::Holder>>,
     ),
     RoomSupervisorArgs,
 );
