@@ -137,9 +137,10 @@ impl Cluster {
     }
 
     /// Returns once the membership has settled: every seed and DNS peer
-    /// reached (and in the view) or tried, or a few seconds after start.
-    /// A node that just started asks who holds a room only then: a holder
-    /// it has not reached yet would otherwise look like no holder at all.
+    /// reached (and in the view) or tried, or a few seconds after start or
+    /// after this node lost its last peer. A node asks who holds a room
+    /// only then: a holder it has not reached (yet, or again) would
+    /// otherwise look like no holder at all.
     pub async fn settled(&self) {
         let notified = self.shared.settled.notified();
         tokio::pin!(notified);
@@ -183,18 +184,27 @@ impl Cluster {
 
     /// Drops a peer; returns whether it was in the view.
     fn peer_down(&self, name: &str) -> bool {
-        let removed = {
+        let (removed, alone) = {
             let mut view = self.shared.view.write();
             let mut next = (**view).clone();
             let removed = next.peers.remove(name).is_some();
             next.leaving.remove(name);
+            let alone = next.peers.is_empty();
             *view = Arc::new(next);
-            removed
+            (removed, alone)
         };
         if removed {
             self.shared.versions.write().remove(name);
             tracing::warn!(peer = %name, "peer down");
             self.nodes_changed();
+            if alone {
+                // Losing every peer at once is more often this node's own
+                // fault (it was frozen, or its links were) than all the
+                // others'. Before it takes any room as the only node, the
+                // membership dials everyone again (see `settled`).
+                tracing::info!("no peer left: settling the membership again");
+                self.set_ready(false);
+            }
         }
         removed
     }

@@ -139,7 +139,8 @@ async fn accept(
 /// How long a dial may take before the membership counts its target as
 /// tried (unreachable for now) when settling.
 const DIAL_GRACE: Duration = Duration::from_secs(1);
-/// The membership counts as settled this long after start at the latest.
+/// The membership counts as settled this long after start (or after this
+/// node lost its last peer) at the latest.
 const SETTLE_MAX: Duration = Duration::from_secs(5);
 
 struct Target {
@@ -169,7 +170,10 @@ async fn run(
     // When each session was first seen; `None` once its handshake finished.
     let mut handshakes: HashMap<ActorId, Option<Instant>> = HashMap::new();
     let mut first_pass = true;
-    let started = Instant::now();
+    // When the membership last became unsettled: at start, or when this
+    // node lost its last peer (`Cluster::peer_down`).
+    let mut unsettled_at = Instant::now();
+    let mut was_ready = false;
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -209,6 +213,15 @@ async fn run(
         // answers late, and killing it for that took down healthy links
         // under load.
         let now = Instant::now();
+        if was_ready && !cluster.is_ready() {
+            // Dial every target again now, and settle afresh.
+            unsettled_at = now;
+            for t in targets.values_mut() {
+                t.first_dial = None;
+                t.next_attempt = now;
+                t.backoff = BACKOFF_MIN;
+            }
+        }
         handshakes.retain(|id, _| sessions.values().any(|s| s.actor.get_id() == *id));
         for s in sessions.values() {
             let entry = handshakes.entry(s.actor.get_id()).or_insert(Some(now));
@@ -270,15 +283,16 @@ async fn run(
                         || t.first_dial
                             .is_some_and(|d| now.duration_since(d) >= DIAL_GRACE)
                 });
-            if settled || now.duration_since(started) >= SETTLE_MAX {
+            if settled || now.duration_since(unsettled_at) >= SETTLE_MAX {
                 tracing::info!(
                     peers = view.peers.len(),
-                    waited_ms = now.duration_since(started).as_millis() as u64,
+                    waited_ms = now.duration_since(unsettled_at).as_millis() as u64,
                     "cluster membership settled"
                 );
                 cluster.set_ready(true);
             }
         }
+        was_ready = cluster.is_ready();
     }
 }
 

@@ -104,8 +104,13 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         myself.clone(),
     );
     tokio::spawn(async move {
-        // A node that just started may not have met the holder yet.
+        // A node that just started, or lost every peer, may not have met
+        // the holder (again) yet; once it has, the room may be homed
+        // elsewhere, and its view change has routed the room there.
         cluster.settled().await;
+        if cluster.home(&room) != switchboard_cluster::Home::Local {
+            return;
+        }
         let source = {
             let core = core.lock();
             let view = cluster.view();
