@@ -56,7 +56,21 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
         } => {
             let s = &state.ctx.settings;
             let longer = last > core.history.last_offset();
-            let refused = if core.holds && core.history.epoch == epoch {
+            let held_here = core.holds && core.history.epoch == epoch;
+            // Another node went on with the epoch this node holds (it took
+            // the room over while this node was frozen or cut off): this
+            // node's sequence is the stale one.
+            let overtaken = held_here && longer;
+            // A copy of this epoch that another home carried further: the
+            // sender is stale, and must not go on with it.
+            let behind = core
+                .copies
+                .iter()
+                .any(|(h, c)| **h != *home && c.epoch == epoch && c.last_offset() > last);
+            let refused = if (held_here && !overtaken) || behind {
+                if behind {
+                    tracing::warn!(room = %room, home = %home, epoch, last, "refused a snapshot: that epoch went further elsewhere");
+                }
                 true
             } else {
                 match History::from_wire(
@@ -89,9 +103,17 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             };
             cluster.send(&home, answer.encode());
             let here = cluster.home(&room) == Home::Local;
-            // A copy from a home that no longer homes the room, here where
-            // it belongs now: take the room.
-            if !refused && matches!(core.mode, Mode::Idle) && here {
+            if overtaken && !refused {
+                tracing::info!(room = %room, holder = %home, "this node's epoch went on elsewhere; fetching it");
+                crate::home::unhold(&mut core, &state.ctx);
+                core.holder_hint = Some(home.as_str().into());
+                if here {
+                    drop(core);
+                    crate::home::acquire(myself, state, None);
+                }
+            } else if !refused && matches!(core.mode, Mode::Idle) && here {
+                // A copy from a home that no longer homes the room, here
+                // where it belongs now: take the room.
                 drop(core);
                 crate::home::acquire(myself, state, None);
             } else if !refused
@@ -126,7 +148,13 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             refused,
             resend,
             ..
-        } => crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend),
+        } => {
+            if crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend)
+            {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+            }
+        }
         other => tracing::warn!(?other, "not a replication message"),
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ractor::ActorRef;
-use switchboard_cluster::Cluster;
+use switchboard_cluster::{Cluster, Home};
 
 use crate::history::History;
 use crate::room::{dispatch, release, start_sync, Mode, RoomCore, RoomMsg, RoomState};
@@ -84,6 +84,7 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         Mode::Relay { epoch, last, .. } | Mode::Syncing { epoch, last, .. } => {
             Some((epoch.clone(), *last))
         }
+        Mode::Home { .. } => Some((core.history.epoch.clone(), core.history.released())),
         _ => None,
     };
     core.fail_pending(&state.ctx);
@@ -96,8 +97,14 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         let _ = myself.cast(RoomMsg::Acquired(Box::new(Acquired::Kept)));
         return;
     }
-    let room = core.name.clone();
     drop(core);
+    find_holder(myself, state);
+}
+
+/// Finds out, in the background, who holds the room and how this node
+/// takes it; the answer comes back as `Acquired`.
+fn find_holder(myself: &ActorRef<RoomMsg>, state: &RoomState) {
+    let room = state.core.lock().name.clone();
     let (cluster, core, myself) = (
         state.ctx.cluster.clone(),
         state.core.clone(),
@@ -108,29 +115,35 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         // the holder (again) yet; once it has, the room may be homed
         // elsewhere, and its view change has routed the room there.
         cluster.settled().await;
-        if cluster.home(&room) != switchboard_cluster::Home::Local {
+        if cluster.home(&room) != Home::Local {
             return;
         }
         let source = {
             let core = core.lock();
             let view = cluster.view();
             let reachable = core.copies.keys().find(|o| view.has(o)).cloned();
-            match (reachable, core.copies.keys().next().cloned()) {
+            // The node last known to hold the room (this one handed it
+            // over, or was overtaken by it), if it is in view.
+            let handed = core.holder_hint.clone().filter(|n| view.has(n));
+            match (handed.or(reachable), core.copies.keys().next().cloned()) {
                 (Some(origin), _) => Source::Fetch(origin),
                 (None, Some(origin)) => Source::TakeOver(origin),
                 (None, None) => view.previous(&room).map_or(Source::Fresh, Source::Fetch),
             }
         };
-        let how = resolve(&cluster, &room, source).await;
-        let _ = myself.cast(RoomMsg::Acquired(Box::new(how)));
+        if let Some(how) = resolve(&cluster, &room, source).await {
+            let _ = myself.cast(RoomMsg::Acquired(Box::new(how)));
+        }
     });
 }
 
-async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Acquired {
+/// How the room is to be acquired; `None`: it is not (the room is homed
+/// elsewhere now, and its view change routed it there).
+async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Option<Acquired> {
     match source {
-        Source::Fresh => Acquired::Fresh {
+        Source::Fresh => Some(Acquired::Fresh {
             why: "no node held it",
-        },
+        }),
         Source::Fetch(node) => {
             let ask = RoomWire::Fetch {
                 room: room.to_owned(),
@@ -150,16 +163,16 @@ async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Acquired {
                         entries,
                         ..
                     }) => {
-                        return Acquired::Fetched {
+                        return Some(Acquired::Fetched {
                             epoch,
                             last,
                             entries,
-                        }
+                        })
                     }
                     Some(_) => {
-                        return Acquired::Fresh {
+                        return Some(Acquired::Fresh {
                             why: "the previous node held nothing",
-                        }
+                        })
                     }
                     // Not answered but still there (a slow link, a busy
                     // node): ask again rather than start over.
@@ -174,22 +187,28 @@ async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Acquired {
         Source::TakeOver(origin) => {
             let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
             loop {
+                if cluster.home(room) != Home::Local {
+                    return None;
+                }
                 if cluster.view().has(&origin) {
-                    return Acquired::Fresh {
+                    return Some(Acquired::Fresh {
                         why: "the old home is back",
-                    };
+                    });
                 }
                 match cluster.witnessed(&origin).await {
-                    Some(false) => return Acquired::TakeOver { origin },
+                    Some(false) => return Some(Acquired::TakeOver { origin }),
+                    // Every witness was lost while it was asked: ask again
+                    // once the membership has settled (see `settled`).
+                    None if !cluster.is_ready() => cluster.settled().await,
                     None => {
-                        return Acquired::Fresh {
+                        return Some(Acquired::Fresh {
                             why: "no witness: the old home may only be cut off",
-                        }
+                        })
                     }
                     Some(true) if tokio::time::Instant::now() >= deadline => {
-                        return Acquired::Fresh {
+                        return Some(Acquired::Fresh {
                             why: "the old home is still seen: a partition",
-                        }
+                        })
                     }
                     Some(true) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
@@ -210,10 +229,12 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
         let fresh = || History::new(s.history_size, s.history_ttl);
         let outcome = match how {
             Acquired::Kept if core.holds => "kept",
-            // Handed over while this was on its way.
+            // Handed over (the views disagreed for a moment) while this
+            // was on its way: fetch it back.
             Acquired::Kept => {
-                core.history = fresh();
-                "fresh"
+                drop(core);
+                find_holder(myself, state);
+                return;
             }
             Acquired::Fetched {
                 epoch,
@@ -321,6 +342,7 @@ pub(crate) fn hand_over(holder: &Holder, node: Arc<str>) -> RoomWire {
         };
     }
     unhold(&mut core, &ctx);
+    core.holder_hint = Some(node.clone());
     let snapshot = snapshot(&ctx, &core);
     // Their publishers retry; the new home knows their msg_ids.
     core.fail_pending(&ctx);
@@ -341,6 +363,7 @@ pub(crate) fn hand_over(holder: &Holder, node: Arc<str>) -> RoomWire {
 /// This node holds the room's sequence from now on.
 pub(crate) fn hold(ctx: &Arc<RoomContext>, shared: &Arc<Mutex<RoomCore>>, core: &mut RoomCore) {
     core.holds = true;
+    core.holder_hint = None;
     let holder = Holder {
         core: shared.clone(),
         ctx: Arc::downgrade(ctx),
@@ -389,10 +412,24 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     }
     let cluster = &ctx.cluster;
     let view = cluster.view();
+    if view.peers.is_empty() && !cluster.is_ready() && ctx.settings.replicas >= 2 {
+        // Alone, and re-settling (`Cluster::settled`): release nothing and
+        // decide nothing until it knows whether the others are back. The
+        // follower, lost or not, stays recorded for that decision.
+        if let Some(actor) = ctx.map.get(&core.name).map(|a| a.clone()) {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                cluster.settled().await;
+                let _ = actor.cast(RoomMsg::ViewChanged);
+            });
+        }
+        return;
+    }
     if let Some(f) = core.follower.as_ref().filter(|f| !view.has(&f.node)) {
         // Crashed, or cut off and about to take the room over. Seeing
         // another node, this one goes on: the follower, if alive, sees
-        // this node seen by it and does not take over.
+        // this node seen by it and does not take over (and if it did, it
+        // refuses what this node sends; see `copy.rs`).
         tracing::warn!(room = %core.name, follower = %f.node, "follower lost");
         core.follower = None;
         if view.peers.is_empty() {
@@ -425,7 +462,8 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     }
 }
 
-/// (home) The follower's confirmation.
+/// (home) The follower's confirmation. True when it refused: this node no
+/// longer holds the room and must fetch it (see `copy.rs`).
 pub(crate) fn on_appended(
     core: &mut RoomCore,
     ctx: &RoomContext,
@@ -434,29 +472,33 @@ pub(crate) fn on_appended(
     upto: u64,
     refused: bool,
     resend: bool,
-) {
+) -> bool {
     if !core.holds || core.history.epoch != epoch {
-        return;
+        return false;
     }
     let Some(f) = core.follower.as_mut().filter(|f| *f.node == *node) else {
-        return;
+        return false;
     };
     if refused {
-        // It took this epoch over: this node no longer holds it.
+        // It took this epoch over (or a copy it keeps went further): this
+        // node's sequence is stale. It fetches the room from that node,
+        // whose sequence its members then continue.
         tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now");
         core.follower = None;
-        new_epoch(core, ctx, "follower_took_over");
-        return;
+        unhold(core, ctx);
+        core.holder_hint = Some(node.into());
+        return true;
     }
     if resend {
         snapshot_to(ctx, core, node);
-        return;
+        return false;
     }
     f.acked = f.acked.max(upto);
     let acked = f.acked;
     metrics::histogram!("switchboard_replication_lag_offsets")
         .record(core.history.last_offset().saturating_sub(acked) as f64);
     release(core, ctx, acked);
+    false
 }
 
 /// Starts a new epoch here: what was sequenced and not released is

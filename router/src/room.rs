@@ -231,6 +231,9 @@ pub struct RoomCore {
     pub(crate) copies: HashMap<Arc<str>, History>,
     /// When this node, holding the room, stopped being its home.
     moved_at: Option<Instant>,
+    /// The node last known to hold the room's sequence after this one:
+    /// it was handed the room, or went on with it (see `copy.rs`).
+    pub(crate) holder_hint: Option<Arc<str>>,
 }
 
 impl RoomCore {
@@ -247,6 +250,7 @@ impl RoomCore {
             waiting: std::collections::VecDeque::new(),
             copies: HashMap::new(),
             moved_at: None,
+            holder_hint: None,
         }
     }
 
