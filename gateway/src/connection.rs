@@ -8,14 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_protocol::frames::{
+    write_frame, write_header, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING,
+    OP_PONG, OP_TEXT,
+};
 use switchboard_protocol::{event, CloseCode, ConnId, ErrorCode, EventSink};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
-use crate::frames::{
-    write_frame, write_header, FrameError, FrameReader, Incoming, OP_BINARY, OP_CLOSE, OP_PING,
-    OP_PONG, OP_TEXT,
-};
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
 use crate::ratelimit::TokenBucket;
@@ -33,6 +33,9 @@ const MAX_UNSENT: usize = 1 << 20;
 /// Bytes read from a socket in one go before they are handled: a client
 /// that sends faster than it is served waits in the kernel's buffers.
 const READ_BUDGET: usize = 256 * 1024;
+
+/// Room made in the reader's buffer before each read.
+const READ_CHUNK: usize = 4096;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +250,11 @@ fn read_available(
 ) -> Result<bool, ()> {
     let mut read = 0;
     while read < READ_BUDGET {
-        match reader.read_from(stream) {
+        // The reader's buffer is allocated here, for the read, and given
+        // back by `next` once it is all parsed: a quiet client costs none.
+        let buf = reader.read_buffer();
+        buf.reserve(READ_CHUNK);
+        match stream.try_read_buf(buf) {
             Ok(0) => return Ok(false),
             Ok(n) => {
                 read += n;

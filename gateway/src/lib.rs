@@ -18,7 +18,6 @@
 
 pub mod auth;
 mod connection;
-mod frames;
 mod http;
 mod metrics;
 mod node;

@@ -2,7 +2,8 @@
 //!
 //! Everything a client and the gateway exchange over a WebSocket: the
 //! commands a client sends ([`Command`]), the events the server sends
-//! ([`event`]), the opening [`handshake`], the MessagePack codec for both, validation of names and
+//! ([`event`]), the opening [`handshake`], the server side of the WebSocket
+//! framing ([`frames`]), the MessagePack codec for both, validation of names and
 //! fields, and the close codes. This crate does no I/O and knows nothing of
 //! tokio or actors, so it can be tested and fuzzed on its own.
 //!
@@ -16,6 +17,7 @@ mod close;
 mod command;
 mod error;
 pub mod event;
+pub mod frames;
 pub mod handshake;
 mod name;
 mod sink;

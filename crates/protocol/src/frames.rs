@@ -68,15 +68,19 @@ impl FrameReader {
         self.buf.extend_from_slice(data);
     }
 
-    /// Reads what the socket has, without waiting; `Ok(0)` is end of stream.
-    /// The buffer is allocated here, for the read, and given back by
-    /// [`next`](Self::next) once it is consumed.
-    pub fn read_from(&mut self, stream: &tokio::net::TcpStream) -> std::io::Result<usize> {
-        self.buf.reserve(4096);
-        stream.try_read_buf(&mut self.buf)
+    /// The buffer to read from the socket into, for a caller that reads
+    /// straight into it rather than copying with [`push`](Self::push).
+    /// Bytes appended count as pushed; the bytes already in it must be left
+    /// as they are. An empty buffer holds no memory
+    /// ([`next`](Self::next) gives it back once everything is parsed), so a
+    /// reader reserves room here before each read.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
     }
 
     /// The next complete message, if the bytes pushed so far hold one.
+    // Not an `Iterator`: `None` means "not yet", and more bytes may follow.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Incoming>, FrameError> {
         loop {
             let Some((fin, opcode, payload)) = self.frame()? else {
