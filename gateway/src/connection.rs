@@ -331,24 +331,24 @@ fn encode(batch: Batch, pending: &mut Pending) {
     if !batch.events.is_empty() {
         let latency = metrics::histogram!("switchboard_publish_to_delivery_seconds");
         let now = Instant::now();
-        let mut chunk_start = 0;
-        while chunk_start < batch.events.len() {
-            let mut len = 0;
-            let mut end = chunk_start;
-            while end < batch.events.len()
-                && (end == chunk_start || len + batch.events[end].0.len() <= COALESCE_BYTES)
-            {
-                len += batch.events[end].0.len();
-                end += 1;
+        let mut events = batch.events.iter();
+        while !events.as_slice().is_empty() {
+            // As many events as fit in one message, and at least one.
+            let (mut len, mut count) = (0, 0);
+            for (ev, _) in events.clone() {
+                if count > 0 && len + ev.len() > COALESCE_BYTES {
+                    break;
+                }
+                len += ev.len();
+                count += 1;
             }
             write_header(&mut pending.bytes, OP_BINARY, len);
-            for (ev, published) in &batch.events[chunk_start..end] {
+            for (ev, published) in events.by_ref().take(count) {
                 pending.bytes.extend_from_slice(ev);
                 if let Some(at) = published {
                     latency.record(now.saturating_duration_since(*at).as_secs_f64());
                 }
             }
-            chunk_start = end;
         }
     }
     if let Some(closing) = batch.closing {
@@ -366,8 +366,12 @@ fn encode(batch: Batch, pending: &mut Pending) {
 
 /// Writes what the socket takes; the buffer is freed once all is out.
 fn write_available(stream: &TcpStream, pending: &mut Pending) -> Result<(), ()> {
-    while pending.written < pending.bytes.len() {
-        match stream.try_write(&pending.bytes[pending.written..]) {
+    while let Some(unsent) = pending
+        .bytes
+        .get(pending.written..)
+        .filter(|u| !u.is_empty())
+    {
+        match stream.try_write(unsent) {
             Ok(n) => pending.written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(_) => return Err(()),

@@ -16,6 +16,10 @@
 //! (`connection.rs`) hands client messages to the Session and drains the
 //! bounded [`outbound`] queue, which rooms and presence push to directly.
 
+// This crate reads what clients send: a slice or an index out of bounds
+// there would be a panic a client can cause.
+#![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
+
 pub mod auth;
 mod connection;
 mod http;

@@ -208,10 +208,10 @@ impl AsyncRead for Rewind {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
+        if let Some(rest) = self.prefix.get(self.at..).filter(|r| !r.is_empty()) {
+            let (now, _) = rest.split_at(buf.remaining().min(rest.len()));
+            buf.put_slice(now);
+            let n = now.len();
             self.at += n;
             return Poll::Ready(Ok(()));
         }

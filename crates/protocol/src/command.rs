@@ -117,10 +117,10 @@ impl Iterator for Commands<'_> {
     type Item = Result<Command, CommandError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos >= self.message.len() {
+        if self.failed {
             return None;
         }
-        let rest = &self.message[self.pos..];
+        let rest = self.message.get(self.pos..).filter(|r| !r.is_empty())?;
         let len = match value_len(rest, 0) {
             Ok(len) => len,
             Err(e) => {
@@ -151,6 +151,8 @@ struct Fields<'a> {
 }
 
 fn parse_command(message: &Bytes, start: usize, end: usize) -> Result<Command, CommandError> {
+    // `end` is where `value_len` found this value to end, inside `message`.
+    #[allow(clippy::indexing_slicing)]
     let buf = &message[..end];
     let mut r = Reader { buf, pos: start };
     let entries = r
@@ -258,12 +260,13 @@ fn find_id(r: &mut Reader<'_>, entries: u32) -> Result<u64, CommandError> {
     Ok(0)
 }
 
+/// The longest prefix of `s` of at most `max` bytes that is whole characters.
 fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    // `get` refuses an end inside a character; `..0` always succeeds.
+    (0..=s.len().min(max))
+        .rev()
+        .find_map(|end| s.get(..end))
+        .unwrap_or_default()
 }
 
 /// Reads typed values from a buffer already known to hold well-formed
@@ -314,7 +317,11 @@ impl<'a> Reader<'a> {
     }
 
     fn skip(&mut self, depth: usize) -> Result<(), FieldError> {
-        let n = value_len(&self.buf[self.pos..], depth)?;
+        let rest = self
+            .buf
+            .get(self.pos..)
+            .ok_or(FieldError::Value(ValueError::Truncated))?;
+        let n = value_len(rest, depth)?;
         self.pos += n;
         Ok(())
     }
@@ -370,9 +377,9 @@ impl<'a> Reader<'a> {
 
     fn bool(&mut self) -> Result<bool, FieldError> {
         match self.peek()? {
-            0xc2 | 0xc3 => {
+            b @ (0xc2 | 0xc3) => {
                 self.pos += 1;
-                Ok(self.buf[self.pos - 1] == 0xc3)
+                Ok(b == 0xc3)
             }
             _ => {
                 self.skip(1)?;

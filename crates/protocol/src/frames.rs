@@ -124,27 +124,27 @@ impl FrameReader {
 
     /// One whole frame off the buffer: (fin, opcode, unmasked payload).
     fn frame(&mut self) -> Result<Option<(bool, u8, BytesMut)>, FrameError> {
-        let b = &self.buf[..];
-        if b.len() < 2 {
+        let b: &[u8] = &self.buf;
+        let Some((&[first, second], rest)) = b.split_first_chunk::<2>() else {
             return Ok(None);
-        }
-        let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0f);
+        };
+        let (fin, rsv, opcode) = (first & 0x80 != 0, first & 0x70, first & 0x0f);
         if rsv != 0 {
             return Err(FrameError::Protocol("reserved bits set"));
         }
-        if b[1] & 0x80 == 0 {
+        if second & 0x80 == 0 {
             return Err(FrameError::Protocol("client frames must be masked"));
         }
-        let (len, header) = match b[1] & 0x7f {
-            126 if b.len() < 4 => return Ok(None),
-            126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() < 10 => return Ok(None),
-            127 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(n), 10)
-            }
-            n => (u64::from(n), 2),
+        let (len, rest) = match second & 0x7f {
+            126 => match rest.split_first_chunk::<2>() {
+                Some((n, rest)) => (u64::from(u16::from_be_bytes(*n)), rest),
+                None => return Ok(None),
+            },
+            127 => match rest.split_first_chunk::<8>() {
+                Some((n, rest)) => (u64::from_be_bytes(*n), rest),
+                None => return Ok(None),
+            },
+            n => (u64::from(n), rest),
         };
         let control = opcode >= 0x8;
         if control && (!fin || len > 125) {
@@ -155,17 +155,21 @@ impl FrameReader {
         if len > self.max_message as u64 {
             return Err(FrameError::TooBig);
         }
-        let total = header + 4 + len as usize;
-        if b.len() < total {
+        let len = len as usize; // At most max_message, a usize.
+        let header = b.len() - rest.len();
+        let Some((&mask, _)) = rest
+            .split_first_chunk::<4>()
+            .filter(|(_, payload)| payload.len() >= len)
+        else {
             // Room for what is on its way, not for all the header announces:
             // a client that announces max_message and sends nothing more
             // must not hold that much here. The buffer grows as bytes come.
-            self.buf.reserve((total - b.len()).min(RESERVE_AHEAD));
+            let missing = 4 + len - rest.len();
+            self.buf.reserve(missing.min(RESERVE_AHEAD));
             return Ok(None);
-        }
-        let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
+        };
         self.buf.advance(header + 4);
-        let mut payload = self.buf.split_to(len as usize);
+        let mut payload = self.buf.split_to(len);
         unmask(&mut payload, mask);
         Ok(Some((fin, opcode, payload)))
     }
@@ -203,19 +207,21 @@ fn message(opcode: u8, payload: BytesMut) -> Result<Incoming, FrameError> {
 }
 
 fn check_close(payload: BytesMut) -> Result<Bytes, FrameError> {
-    match payload.len() {
-        0 => Ok(payload.freeze()),
-        1 => Err(FrameError::Protocol("close frame of one byte")),
-        _ => {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-            if !allowed {
-                return Err(FrameError::Protocol("invalid close code"));
-            }
-            std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
-            Ok(payload.freeze())
-        }
+    if payload.is_empty() {
+        return Ok(payload.freeze());
     }
+    let Some((&code, reason)) = payload.split_first_chunk::<2>() else {
+        return Err(FrameError::Protocol("close frame of one byte"));
+    };
+    let allowed = matches!(
+        u16::from_be_bytes(code),
+        1000..=1003 | 1007..=1014 | 3000..=4999
+    );
+    if !allowed {
+        return Err(FrameError::Protocol("invalid close code"));
+    }
+    std::str::from_utf8(reason).map_err(|_| FrameError::InvalidUtf8)?;
+    Ok(payload.freeze())
 }
 
 /// Appends one unmasked server frame.

@@ -13,6 +13,10 @@
 //! the message) and written back out unchanged by [`event::msg`] and
 //! [`event::dm`], so payloads are never re-encoded.
 
+// This crate reads what clients send: a slice or an index out of bounds
+// there would be a panic a client can cause.
+#![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
+
 mod close;
 mod command;
 mod error;

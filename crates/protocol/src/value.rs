@@ -25,13 +25,16 @@ pub(crate) fn value_len(buf: &[u8], depth: usize) -> Result<usize, ValueError> {
     pending[0] = 1;
     let mut pos = 0usize;
     loop {
-        while pending[level] == 0 {
-            if level == 0 {
-                return Ok(pos);
+        // `level` stays below MAX_DEPTH (checked before it goes up), so
+        // `pending` always has the entry: TooDeep is never returned here.
+        let left = loop {
+            match pending.get_mut(level).ok_or(ValueError::TooDeep)? {
+                0 if level == 0 => return Ok(pos),
+                0 => level -= 1,
+                left => break left,
             }
-            level -= 1;
-        }
-        pending[level] -= 1;
+        };
+        *left -= 1;
         let marker = *buf.get(pos).ok_or(ValueError::Truncated)?;
         pos += 1;
         let (skip, children): (usize, u64) = match marker {
@@ -76,7 +79,7 @@ pub(crate) fn value_len(buf: &[u8], depth: usize) -> Result<usize, ValueError> {
                 return Err(ValueError::TooDeep);
             }
             level += 1;
-            pending[level] = children as u32;
+            *pending.get_mut(level).ok_or(ValueError::TooDeep)? = children as u32;
         }
     }
 }
