@@ -56,18 +56,17 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
         } => {
             let s = &state.ctx.settings;
             let longer = last > core.history.last_offset();
+            // Never replaced by a copy of itself: which of two holders of
+            // one epoch is stale cannot be told from the copies' lengths
+            // (a stale one may carry a longer unreleased tail).
             let held_here = core.holds && core.history.epoch == epoch;
-            // Another node went on with the epoch this node holds (it took
-            // the room over while this node was frozen or cut off): this
-            // node's sequence is the stale one.
-            let overtaken = held_here && longer;
             // A copy of this epoch that another home carried further: the
             // sender is stale, and must not go on with it.
             let behind = core
                 .copies
                 .iter()
                 .any(|(h, c)| **h != *home && c.epoch == epoch && c.last_offset() > last);
-            let refused = if (held_here && !overtaken) || behind {
+            let refused = if held_here || behind {
                 if behind {
                     tracing::warn!(room = %room, home = %home, epoch, last, "refused a snapshot: that epoch went further elsewhere");
                 }
@@ -103,15 +102,7 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             };
             cluster.send(&home, answer.encode());
             let here = cluster.home(&room) == Home::Local;
-            if overtaken && !refused {
-                tracing::info!(room = %room, holder = %home, "this node's epoch went on elsewhere; fetching it");
-                crate::home::unhold(&mut core, &state.ctx);
-                core.holder_hint = Some(home.as_str().into());
-                if here {
-                    drop(core);
-                    crate::home::acquire(myself, state, None);
-                }
-            } else if !refused && matches!(core.mode, Mode::Idle) && here {
+            if !refused && matches!(core.mode, Mode::Idle) && here {
                 // A copy from a home that no longer homes the room, here
                 // where it belongs now: take the room.
                 drop(core);
@@ -148,13 +139,7 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             refused,
             resend,
             ..
-        } => {
-            if crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend)
-            {
-                drop(core);
-                crate::home::acquire(myself, state, None);
-            }
-        }
+        } => crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend),
         other => tracing::warn!(?other, "not a replication message"),
     }
 }

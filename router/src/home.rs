@@ -412,19 +412,6 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     }
     let cluster = &ctx.cluster;
     let view = cluster.view();
-    if view.peers.is_empty() && !cluster.is_ready() && ctx.settings.replicas >= 2 {
-        // Alone, and re-settling (`Cluster::settled`): release nothing and
-        // decide nothing until it knows whether the others are back. The
-        // follower, lost or not, stays recorded for that decision.
-        if let Some(actor) = ctx.map.get(&core.name).map(|a| a.clone()) {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                cluster.settled().await;
-                let _ = actor.cast(RoomMsg::ViewChanged);
-            });
-        }
-        return;
-    }
     if let Some(f) = core.follower.as_ref().filter(|f| !view.has(&f.node)) {
         // Crashed, or cut off and about to take the room over. Seeing
         // another node, this one goes on: the follower, if alive, sees
@@ -439,10 +426,19 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     let want = if ctx.settings.replicas < 2 {
         None
     } else {
-        view.ranked(&core.name)
+        let ranked = view.ranked(&core.name);
+        let others = ranked.iter().filter(|n| **n != *cluster.me());
+        if others.clone().any(|n| cluster.peer_version(n).is_none()) {
+            // A peer that has not said its version yet (it just came up, or
+            // came back): it may be the follower, or hold this very epoch.
+            // Nothing is released without a follower meanwhile; its version
+            // changes the view, which calls this again.
+            return;
+        }
+        others
             .into_iter()
-            .filter(|n| *n != *cluster.me())
             .find(|n| cluster.peer_version(n).is_some_and(|v| v >= 2))
+            .cloned()
     };
     if core.follower.as_ref().map(|f| &f.node) == want.as_ref() {
         return;
@@ -462,8 +458,7 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     }
 }
 
-/// (home) The follower's confirmation. True when it refused: this node no
-/// longer holds the room and must fetch it (see `copy.rs`).
+/// (home) The follower's confirmation.
 pub(crate) fn on_appended(
     core: &mut RoomCore,
     ctx: &RoomContext,
@@ -472,33 +467,32 @@ pub(crate) fn on_appended(
     upto: u64,
     refused: bool,
     resend: bool,
-) -> bool {
+) {
     if !core.holds || core.history.epoch != epoch {
-        return false;
+        return;
     }
     let Some(f) = core.follower.as_mut().filter(|f| *f.node == *node) else {
-        return false;
+        return;
     };
     if refused {
-        // It took this epoch over (or a copy it keeps went further): this
-        // node's sequence is stale. It fetches the room from that node,
-        // whose sequence its members then continue.
+        // It holds this epoch too, or a copy of it that went further: one
+        // of the two is stale, and lengths cannot tell which (a stale
+        // holder may carry a longer unreleased tail). This node ends its
+        // epoch; its members are reset.
         tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now");
         core.follower = None;
-        unhold(core, ctx);
-        core.holder_hint = Some(node.into());
-        return true;
+        new_epoch(core, ctx, "follower_took_over");
+        return;
     }
     if resend {
         snapshot_to(ctx, core, node);
-        return false;
+        return;
     }
     f.acked = f.acked.max(upto);
     let acked = f.acked;
     metrics::histogram!("switchboard_replication_lag_offsets")
         .record(core.history.last_offset().saturating_sub(acked) as f64);
     release(core, ctx, acked);
-    false
 }
 
 /// Starts a new epoch here: what was sequenced and not released is
