@@ -189,7 +189,11 @@ impl Cluster {
             let mut next = (**view).clone();
             let removed = next.peers.remove(name).is_some();
             next.leaving.remove(name);
-            let alone = next.peers.is_empty();
+            let alone = removed && next.peers.is_empty();
+            if alone {
+                // Before anyone can see a view without peers (see below).
+                self.shared.ready.store(false, Ordering::SeqCst);
+            }
             *view = Arc::new(next);
             (removed, alone)
         };
@@ -203,7 +207,6 @@ impl Cluster {
                 // others'. Before it takes any room as the only node, the
                 // membership dials everyone again (see `settled`).
                 tracing::info!("no peer left: settling the membership again");
-                self.set_ready(false);
             }
         }
         removed

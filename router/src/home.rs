@@ -200,6 +200,13 @@ async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Option<Acquir
                     // Every witness was lost while it was asked: ask again
                     // once the membership has settled (see `settled`).
                     None if !cluster.is_ready() => cluster.settled().await,
+                    // A witness's link can fail a moment before the view
+                    // drops it (a node waking from a freeze finds every
+                    // link dead, one after the other): only a silence that
+                    // lasts means no one can tell.
+                    None if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
                     None => {
                         return Some(Acquired::Fresh {
                             why: "no witness: the old home may only be cut off",
