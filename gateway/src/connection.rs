@@ -194,7 +194,7 @@ async fn run(
                 match read_available(stream, &mut inbound.reader, out) {
                     Ok(true) => {}
                     // End of stream or a broken socket: the client is gone.
-                    Ok(false) | Err(()) => return,
+                    Ok(false) | Err(_) => return,
                 }
                 if !handle_messages(inbound, conn, &mut pending).await {
                     reading = false;
@@ -247,7 +247,7 @@ fn read_available(
     stream: &TcpStream,
     reader: &mut FrameReader,
     out: &Outbound,
-) -> Result<bool, ()> {
+) -> std::io::Result<bool> {
     let mut read = 0;
     while read < READ_BUDGET {
         // The reader's buffer is allocated here, for the read, and given
@@ -261,7 +261,7 @@ fn read_available(
                 out.touch();
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-            Err(_) => return Err(()),
+            Err(e) => return Err(e),
         }
     }
     Ok(true)
@@ -365,7 +365,7 @@ fn encode(batch: Batch, pending: &mut Pending) {
 }
 
 /// Writes what the socket takes; the buffer is freed once all is out.
-fn write_available(stream: &TcpStream, pending: &mut Pending) -> Result<(), ()> {
+fn write_available(stream: &TcpStream, pending: &mut Pending) -> std::io::Result<()> {
     while let Some(unsent) = pending
         .bytes
         .get(pending.written..)
@@ -374,7 +374,7 @@ fn write_available(stream: &TcpStream, pending: &mut Pending) -> Result<(), ()> 
         match stream.try_write(unsent) {
             Ok(n) => pending.written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(_) => return Err(()),
+            Err(e) => return Err(e),
         }
     }
     if !pending.closing {

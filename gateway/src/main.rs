@@ -11,8 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 // Per-connection state is freed in bursts (a Session actor passivates, a
 // room retires); jemalloc, configured in .cargo/config.toml, gives that
-// memory back to the OS where glibc's arenas keep it (22 -> 11.5 KiB per
-// idle connection in the density benchmark).
+// memory back to the OS where glibc's arenas keep it (22.1 -> 9.4 KiB per
+// idle connection in the density benchmark when it came in; see
+// docs/benchmarks.md, "Where the memory goes").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -12,6 +12,10 @@ use crate::replication::PeerLink;
 use crate::replication::PresenceWire;
 use crate::PresenceError;
 
+/// How long a `presence` query may wait for the presence actor before the
+/// client gets an error instead.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// user -> that user's connections on this node.
 pub(crate) type Registry = DashMap<Arc<str>, Vec<(ConnId, Arc<dyn EventSink>)>>;
 /// user -> the peer nodes where that user has connections.
@@ -88,10 +92,14 @@ impl PresenceHandle {
         let room: Arc<str> = room.into();
         match self
             .actor
-            .call(|reply| PresenceMsg::Query { room, reply }, None)
+            .call(
+                |reply| PresenceMsg::Query { room, reply },
+                Some(QUERY_TIMEOUT),
+            )
             .await
         {
             Ok(CallResult::Success(users)) => Ok(users),
+            Ok(CallResult::Timeout) => Err(PresenceError::Timeout),
             _ => Err(PresenceError::Gone),
         }
     }

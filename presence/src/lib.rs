@@ -24,6 +24,8 @@ pub use replication::{PeerLink, PresenceWire, Replication};
 pub enum PresenceError {
     #[error("the presence actor is not running")]
     Gone,
+    #[error("the presence actor did not answer in time")]
+    Timeout,
     #[error("could not start presence: {0}")]
     Spawn(String),
 }

@@ -71,6 +71,11 @@ impl std::fmt::Debug for Rooms {
 /// How many times a message is re-sent when the room it found was retiring.
 const RETRIES: usize = 4;
 
+/// How long opening a room may take: the supervisor only spawns an actor,
+/// so a longer wait means it is stuck, and the caller gets an error rather
+/// than hanging with it.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Rooms {
     /// Sends `msg` to the room, starting it if it is not running. A room that
     /// retires while the message is on its way hands it to its successor, so
@@ -129,10 +134,14 @@ impl Rooms {
         let name: Arc<str> = room.into();
         match self
             .supervisor
-            .call(|reply| RoomSupervisorMsg::Open { room: name, reply }, None)
+            .call(
+                |reply| RoomSupervisorMsg::Open { room: name, reply },
+                Some(SUPERVISOR_TIMEOUT),
+            )
             .await
         {
             Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(RouterError::Timeout(room.to_owned())),
             _ => Err(RouterError::SupervisorGone),
         }
     }
