@@ -13,9 +13,12 @@
 //! Commands are sent with ids and their replies awaited; events that arrive
 //! meanwhile are kept, in order, for [`Client::next_event`].
 
+mod backoff;
 mod event;
 mod handshake;
 mod prefixed;
+pub mod reconnect;
+mod since;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,7 +30,9 @@ use tokio::net::TcpStream;
 
 use prefixed::Prefixed;
 
+pub use backoff::Backoff;
 pub use event::Event;
+pub use reconnect::{Ack, Events, Position, ReconnectOptions, Reconnecting};
 
 /// Errors at the client's boundary.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,13 @@ pub enum ClientError {
     Protocol(String),
     #[error("server error {code}: {reason}")]
     Server { code: u16, reason: String },
+    /// [`Reconnecting::publish`] with as many publications not yet
+    /// acknowledged as [`ReconnectOptions::max_queued`] allows.
+    #[error("the outgoing queue is full ({0} publications not yet acknowledged)")]
+    QueueFull(usize),
+    /// The [`Reconnecting`] client was closed.
+    #[error("the client was closed")]
+    Stopped,
 }
 
 impl From<WebSocketError> for ClientError {
