@@ -5,6 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::proxy::FaultProxy;
@@ -32,12 +34,24 @@ fn options() -> ReconnectOptions {
 
 fn connect(addrs: &[&str], user: &str, options: ReconnectOptions) -> (Reconnecting, Watch) {
     let user = user.to_owned();
+    connect_with(addrs, options, move || {
+        let opts = ConnectOptions::user(&user);
+        async move { Ok(opts) }
+    })
+}
+
+fn connect_with<F, Fut>(
+    addrs: &[&str],
+    options: ReconnectOptions,
+    credentials: F,
+) -> (Reconnecting, Watch)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ConnectOptions, ClientError>> + Send + 'static,
+{
     let (client, events) = Reconnecting::connect(
         addrs.iter().map(|a| a.to_string()).collect(),
-        move || {
-            let opts = ConnectOptions::user(&user);
-            async move { Ok(opts) }
-        },
+        credentials,
         options,
     )
     .unwrap();
@@ -126,9 +140,29 @@ async fn a_client_of_a_draining_node_reconnects_elsewhere_and_misses_nothing() {
         .iter()
         .map(|home| room_homed_on(&format!("rc-{home}"), home, &names))
         .collect();
-    // The client starts on n3, the node about to drain.
+    // The client starts on n3, the node about to drain. Its credentials
+    // come from a callback; the second call (the reconnection) takes a
+    // while, as a token renewal might, and notes how many publications
+    // were acknowledged meanwhile: those the rejoin must recover.
     let addrs = [&nodes[2].addr, &nodes[0].addr, &nodes[1].addr].map(String::as_str);
-    let (client, mut watch) = connect(&addrs, "mobile", options());
+    let acked = Arc::new(AtomicU64::new(0));
+    let missed = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let (client, mut watch) = {
+        let (acked, missed) = (acked.clone(), missed.clone());
+        connect_with(&addrs, options(), move || {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            let (acked, missed) = (acked.clone(), missed.clone());
+            async move {
+                if call == 1 {
+                    let before = acked.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    missed.store(acked.load(Ordering::SeqCst) - before, Ordering::SeqCst);
+                }
+                Ok(ConnectOptions::user("mobile"))
+            }
+        })
+    };
     assert_eq!(watch.connected().await, nodes[2].addr);
     for room in &rooms {
         client.join(room).await.unwrap();
@@ -139,12 +173,14 @@ async fn a_client_of_a_draining_node_reconnects_elsewhere_and_misses_nothing() {
     let per_room = 40u64;
     let publishing = {
         let rooms = rooms.clone();
+        let acked = acked.clone();
         tokio::spawn(async move {
             let mut acks = Vec::new();
             for k in 0..per_room {
                 for room in &rooms {
                     let ack = publisher.publish(room, Value::from(k)).await.unwrap();
                     acks.push((room.clone(), ack.offset));
+                    acked.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -170,6 +206,11 @@ async fn a_client_of_a_draining_node_reconnects_elsewhere_and_misses_nothing() {
             .collect();
         assert_eq!(acked, (1..=per_room).collect::<Vec<_>>(), "{room}");
     }
+    let missed = missed.load(Ordering::SeqCst);
+    assert!(
+        missed > 0,
+        "nothing was published while the client was away"
+    );
     // How it went: 1012, an immediate retry on the next node, every room
     // rejoined with `since` and recovered.
     let drained = watch

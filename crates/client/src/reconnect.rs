@@ -241,8 +241,9 @@ impl Reconnecting {
     }
 
     /// Joins `room` (now, or once connected) and keeps it joined across
-    /// reconnections. Returns the room's epoch and newest offset; delivery
-    /// starts after it.
+    /// reconnections. Returns the position delivery continues after: the
+    /// room's epoch and newest offset for a first join, the last message
+    /// delivered for a room already joined.
     pub async fn join(&self, room: &str) -> Result<Position, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Join {
@@ -347,6 +348,9 @@ struct Publication {
 struct Room {
     /// `join` calls waiting for the first `ok`.
     waiters: Vec<oneshot::Sender<Result<Position, ClientError>>>,
+    /// The id of the `join` in flight: an answer to an earlier one (sent
+    /// before a leave and a new join) says nothing about this membership.
+    joining: Option<u64>,
     unavailable: Option<Unavailable>,
 }
 
@@ -440,7 +444,7 @@ impl Driver {
                 }
                 Err(stop) => return self.stop(None, stop).await,
             };
-            self.backoff.reset();
+            let connected_at = Instant::now();
             tracing::info!(%addr, node = ?hello.str("node"), "connected");
             self.emit(Event::Connected {
                 addr,
@@ -452,6 +456,12 @@ impl Driver {
                 End::Stop(done) => return self.stop(Some(writer), done).await,
                 End::Dropped { code, reason } => {
                     tracing::info!(code, %reason, "disconnected");
+                    // Only a connection that lasted counts as a success: one
+                    // a server accepts and drops at once must not be retried
+                    // in a tight loop.
+                    if connected_at.elapsed() >= self.options.ping_interval {
+                        self.backoff.reset();
+                    }
                     self.dropped();
                     self.emit(Event::Disconnected { code, reason }).await;
                     // A draining node closed us on purpose, and the others
@@ -555,9 +565,9 @@ impl Driver {
             }
         }
         let entry = self.rooms.entry(room.clone()).or_default();
-        let first = entry.waiters.is_empty() && entry.unavailable.is_none();
+        let idle = entry.joining.is_none() && entry.unavailable.is_none();
         entry.waiters.push(reply);
-        first.then_some(room)
+        idle.then_some(room)
     }
 
     fn unwant(&mut self, room: &str) {
@@ -786,7 +796,7 @@ impl Driver {
                     Some((code, reason)) => Err(ClientError::Server { code, reason }),
                 });
             }
-            Inflight::Join(room) => self.join_answered(room, event, error).await,
+            Inflight::Join(room) => self.join_answered(room, id, event, error).await,
             Inflight::Pub(key) => self.pub_answered(key, event, error),
         }
     }
@@ -794,13 +804,15 @@ impl Driver {
     async fn join_answered(
         &mut self,
         room: String,
+        id: u64,
         event: &crate::Event,
         error: Option<(u16, String)>,
     ) {
-        let Some(entry) = self.rooms.get_mut(&room) else {
+        let Some(entry) = self.rooms.get_mut(&room).filter(|r| r.joining == Some(id)) else {
             // Left while the join was in flight; the leave follows it.
             return;
         };
+        entry.joining = None;
         if let Some((code, reason)) = error {
             if code == 503
                 && retry_later(&mut entry.unavailable, &self.options, &mut self.retry_due)
@@ -931,14 +943,13 @@ impl Driver {
                 ])),
             ));
         }
-        if let Some(u) = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.unavailable.as_mut())
-        {
-            u.at = None;
-        }
         let id = self.id(Inflight::Join(room.to_owned()));
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.joining = Some(id);
+            if let Some(u) = r.unavailable.as_mut() {
+                u.at = None;
+            }
+        }
         fields.push(("id", id.into()));
         self.write(writer, encode_command(&fields)).await
     }
@@ -993,13 +1004,12 @@ impl Driver {
             }
         }
         // The next connection sends everything at once, 503s put off or not.
-        for u in self
-            .rooms
-            .values_mut()
-            .map(|r| &mut r.unavailable)
-            .chain(self.pubs.values_mut().map(|p| &mut p.unavailable))
-        {
-            *u = None;
+        for r in self.rooms.values_mut() {
+            r.joining = None;
+            r.unavailable = None;
+        }
+        for p in self.pubs.values_mut() {
+            p.unavailable = None;
         }
         self.retry_due = None;
     }
