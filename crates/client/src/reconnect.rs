@@ -1129,3 +1129,207 @@ async fn read_one(mut reader: Reader) -> (Reader, Result<Incoming, ClientError>)
     };
     (reader, incoming)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The driver against a scripted server: what a real cluster does only
+    //! rarely (a `reset`) or never on cue.
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Accepts one connection and completes the upgrade.
+    async fn accept(listener: &TcpListener) -> WebSocket<TcpStream> {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        let accept = switchboard_protocol::handshake::accept_key(key.trim());
+        stream
+            .write_all(
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut ws = WebSocket::after_handshake(stream, Role::Server);
+        send(&mut ws, &[("op", "hello".into()), ("node", "fake".into())]).await;
+        ws
+    }
+
+    async fn send(ws: &mut WebSocket<TcpStream>, fields: &[(&str, Field)]) {
+        ws.write_frame(Frame::binary(Payload::Owned(encode_command(fields))))
+            .await
+            .unwrap();
+    }
+
+    /// The next command from the client.
+    async fn command(ws: &mut WebSocket<TcpStream>) -> crate::Event {
+        loop {
+            let frame = ws.read_frame().await.unwrap();
+            if frame.opcode == OpCode::Binary {
+                let bytes = Bytes::from(Vec::from(frame.payload));
+                return crate::Event::decode_all(&bytes).unwrap().remove(0);
+            }
+        }
+    }
+
+    fn msg(offset: u64) -> Vec<(&'static str, Field)> {
+        vec![
+            ("op", "msg".into()),
+            ("room", "r".into()),
+            ("offset", offset.into()),
+            ("from", "a".into()),
+            ("data", offset.into()),
+        ]
+    }
+
+    fn message(epoch: &str, offset: u64) -> Event {
+        Event::Message {
+            room: "r".into(),
+            epoch: epoch.into(),
+            offset,
+            from: "a".into(),
+            data: offset.into(),
+        }
+    }
+
+    /// The next event that is not about the connection's state.
+    async fn next(events: &mut Events) -> Event {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if !matches!(ev, Event::Connecting { .. } | Event::Connected { .. }) {
+                return ev;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reset_and_not_recovered_are_events_and_positions_follow_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (client, mut events) = Reconnecting::connect(
+            vec![addr],
+            || async { Ok(ConnectOptions::user("u")) },
+            ReconnectOptions::default(),
+        )
+        .unwrap();
+        let server = tokio::spawn(async move {
+            let mut ws = accept(&listener).await;
+            let join = command(&mut ws).await;
+            assert_eq!((join.op(), join.get("since")), ("join", None));
+            let id = join.u64("id").unwrap();
+            send(
+                &mut ws,
+                &[
+                    ("op", "ok".into()),
+                    ("id", id.into()),
+                    ("room", "r".into()),
+                    ("epoch", "e1".into()),
+                    ("offset", 0.into()),
+                ],
+            )
+            .await;
+            send(&mut ws, &msg(1)).await;
+            send(
+                &mut ws,
+                &[
+                    ("op", "reset".into()),
+                    ("room", "r".into()),
+                    ("epoch", "e2".into()),
+                    ("offset", 5.into()),
+                ],
+            )
+            .await;
+            for offset in [6, 6, 7] {
+                send(&mut ws, &msg(offset)).await;
+            }
+            ws.write_frame(Frame::close(1012, b"node draining"))
+                .await
+                .unwrap();
+            // The rejoin asks for what follows the last message delivered,
+            // in the epoch of the reset.
+            let mut ws = accept(&listener).await;
+            let join = command(&mut ws).await;
+            let since = join.get("since").unwrap().clone();
+            assert_eq!(
+                since,
+                Value::Map(vec![
+                    ("epoch".into(), "e2".into()),
+                    ("offset".into(), 7.into())
+                ])
+            );
+            send(
+                &mut ws,
+                &[
+                    ("op", "ok".into()),
+                    ("id", join.u64("id").unwrap().into()),
+                    ("room", "r".into()),
+                    ("epoch", "e3".into()),
+                    ("offset", 2.into()),
+                    ("recovered", Field::Value(Value::Boolean(false))),
+                ],
+            )
+            .await;
+            send(&mut ws, &msg(3)).await;
+            ws
+        });
+        let at = client.join("r").await.unwrap();
+        assert_eq!((at.epoch.as_str(), at.offset), ("e1", 0));
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(next(&mut events).await);
+        }
+        assert_eq!(
+            got,
+            vec![
+                message("e1", 1),
+                Event::Reset {
+                    room: "r".into(),
+                    epoch: "e2".into(),
+                    offset: 5
+                },
+                message("e2", 6),
+                message("e2", 7),
+                Event::Disconnected {
+                    code: 1012,
+                    reason: "node draining".into()
+                },
+                Event::Reconnecting {
+                    delay: Duration::ZERO,
+                    attempt: 0
+                },
+                Event::NotRecovered {
+                    room: "r".into(),
+                    epoch: "e3".into(),
+                    offset: 2
+                },
+                message("e3", 3),
+            ]
+        );
+        let _ws = server.await.unwrap();
+        client.close().await;
+        assert_eq!(
+            events.next().await,
+            Some(Event::Disconnected {
+                code: 1000,
+                reason: "closed by the client".into()
+            })
+        );
+        assert_eq!(events.next().await, None);
+    }
+}
