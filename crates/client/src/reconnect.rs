@@ -90,7 +90,9 @@ impl Default for ReconnectOptions {
 /// What happens to the client, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// An attempt to connect to `addr` starts.
+    /// An attempt to connect to `addr` starts. `attempt` (here and in
+    /// [`Event::Reconnecting`]) counts the attempts that failed since the
+    /// last connection that lasted a ping interval.
     Connecting { addr: String, attempt: u32 },
     /// Connected; rooms are being rejoined and publications re-sent.
     Connected {
@@ -377,10 +379,14 @@ enum Inflight {
     Ping,
 }
 
+/// Told to stop: by [`Reconnecting::close`], which waits to be told the
+/// driver is done, or (`None`) by the last handle dropped.
+type Stop = Option<oneshot::Sender<()>>;
+
 /// Why [`Driver::serve`] returned.
 enum End {
     Dropped { code: u16, reason: String },
-    Stop(Option<oneshot::Sender<()>>),
+    Stop(Stop),
 }
 
 type Reader = FragmentCollectorRead<ReadHalf<Prefixed>>;
@@ -487,7 +493,7 @@ impl Driver {
     }
 
     /// Waits `delay` while taking commands; `Some` if told to stop.
-    async fn wait(&mut self, delay: Duration) -> Option<Option<oneshot::Sender<()>>> {
+    async fn wait(&mut self, delay: Duration) -> Option<Stop> {
         let until = tokio::time::sleep(delay);
         tokio::pin!(until);
         loop {
@@ -507,8 +513,7 @@ impl Driver {
     async fn open(
         &mut self,
         addr: &str,
-    ) -> Result<Result<(Reader, Writer, crate::Event), ClientError>, Option<oneshot::Sender<()>>>
-    {
+    ) -> Result<Result<(Reader, Writer, crate::Event), ClientError>, Stop> {
         let credentials = (self.credentials)();
         let attempt = tokio::time::timeout(self.options.connect_timeout, async move {
             let opts = credentials.await?;
@@ -530,7 +535,7 @@ impl Driver {
     }
 
     /// Takes a command while not connected; `Some` if it says stop.
-    fn take_offline(&mut self, command: Option<Command>) -> Option<Option<oneshot::Sender<()>>> {
+    fn take_offline(&mut self, command: Option<Command>) -> Option<Stop> {
         match command {
             None => Some(None),
             Some(Command::Close { done }) => Some(Some(done)),
@@ -1014,7 +1019,7 @@ impl Driver {
         self.retry_due = None;
     }
 
-    async fn stop(mut self, writer: Option<Writer>, done: Option<oneshot::Sender<()>>) {
+    async fn stop(mut self, writer: Option<Writer>, done: Stop) {
         if let Some(mut writer) = writer {
             let _ = self.write_frame(&mut writer, Frame::close(1000, b"")).await;
             self.emit(Event::Disconnected {
