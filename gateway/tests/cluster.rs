@@ -6,23 +6,14 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{cluster3, Server, WAIT};
+use common::{cluster3, room_homed_on, Server, WAIT};
 use rmpv::Value;
 use switchboard_client::{Client, Field};
-use switchboard_cluster::rendezvous;
 
 const FAST: &[(&str, &str)] = &[
     ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
     ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
 ];
-
-/// A room name whose home (among `nodes`) is `home`.
-fn room_homed_on(prefix: &str, home: &str, nodes: &[&str]) -> String {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|r| rendezvous(r, nodes) == Some(home))
-        .unwrap()
-}
 
 async fn msgs(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
     let mut out = Vec::new();

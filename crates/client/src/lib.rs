@@ -1,4 +1,9 @@
-//! A small async client for Switchboard.
+//! A small async client for Switchboard, in two forms.
+//!
+//! [`Client`] is one connection, driven by the caller: commands are sent
+//! with ids and their replies awaited; events that arrive meanwhile are
+//! kept, in order, for [`Client::next_event`]. The tests use it to say
+//! exactly what goes on the wire.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchboard_client::ClientError> {
@@ -10,12 +15,49 @@
 //! # let _ = (joined, offset, msg); Ok(()) }
 //! ```
 //!
-//! Commands are sent with ids and their replies awaited; events that arrive
-//! meanwhile are kept, in order, for [`Client::next_event`].
+//! [`Reconnecting`] is what an application wants: a cheap-to-clone handle on
+//! a task that stays connected to any node of a cluster. It reconnects with
+//! backoff and jitter (at once after a draining node's 1012), rejoins every
+//! room with `since` and delivers each message once and in order, tells the
+//! application when messages were lost ([`reconnect::Event::NotRecovered`],
+//! [`reconnect::Event::Reset`]), and re-sends publications not yet
+//! acknowledged with their `msg_id`, so each is published once
+//! (docs/protocol.md, "A reconnecting client, step by step").
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchboard_client::ClientError> {
+//! use switchboard_client::reconnect::Event;
+//! use switchboard_client::{ConnectOptions, ReconnectOptions, Reconnecting};
+//!
+//! let (client, mut events) = Reconnecting::connect(
+//!     vec!["10.0.0.1:8080".into(), "10.0.0.2:8080".into()],
+//!     // Asked before every attempt: a place to renew a token.
+//!     || async { Ok(ConnectOptions::user("alice")) },
+//!     ReconnectOptions::default(),
+//! )?;
+//! client.join("lobby").await?;
+//! let ack = client.publish("lobby", "hello".into()).await?;
+//! println!("published at {} in epoch {}", ack.offset, ack.epoch);
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::Message { room, offset, data, .. } => println!("{room} {offset}: {data}"),
+//!         Event::NotRecovered { room, .. } | Event::Reset { room, .. } => {
+//!             println!("{room}: messages were lost; reload its state")
+//!         }
+//!         Event::Disconnected { code, reason } => println!("disconnected ({code}: {reason})"),
+//!         _ => {}
+//!     }
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
 
+mod backoff;
 mod event;
 mod handshake;
 mod prefixed;
+pub mod reconnect;
+mod since;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,7 +69,9 @@ use tokio::net::TcpStream;
 
 use prefixed::Prefixed;
 
+pub use backoff::Backoff;
 pub use event::Event;
+pub use reconnect::{Ack, Events, Position, ReconnectOptions, Reconnecting};
 
 /// Errors at the client's boundary.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +90,13 @@ pub enum ClientError {
     Protocol(String),
     #[error("server error {code}: {reason}")]
     Server { code: u16, reason: String },
+    /// [`Reconnecting::publish`] with as many publications not yet
+    /// acknowledged as [`ReconnectOptions::max_queued`] allows.
+    #[error("the outgoing queue is full ({0} publications not yet acknowledged)")]
+    QueueFull(usize),
+    /// The [`Reconnecting`] client was closed.
+    #[error("the client was closed")]
+    Stopped,
 }
 
 impl From<WebSocketError> for ClientError {

@@ -402,6 +402,14 @@ pub async fn cluster_with_proxied_link(
     (nodes, to_n1, to_n2)
 }
 
+/// A room name whose home (among `nodes`) is `home`.
+pub fn room_homed_on(prefix: &str, home: &str, nodes: &[&str]) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|r| switchboard_cluster::rendezvous(r, nodes) == Some(home))
+        .unwrap()
+}
+
 /// Three nodes seeded with each other.
 pub async fn cluster3(env: &[(&str, &str)]) -> Vec<Server> {
     cluster_with(3, env).await

@@ -1,7 +1,7 @@
 //! A TCP proxy between two cluster nodes that a test can cut and heal.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +17,9 @@ pub struct FaultProxy {
     silent: watch::Sender<bool>,
     /// Bumped on every cut: live links watch it and drop.
     generation: watch::Sender<u64>,
+    /// Bumped by [`FaultProxy::deafen`]: links made before stop passing
+    /// what the target sends.
+    deaf: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,7 +34,9 @@ impl FaultProxy {
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let (silent, _) = watch::channel(false);
+        let deaf = Arc::new(AtomicU64::new(0));
         let task = {
+            let deaf = deaf.clone();
             let target = target.clone();
             let cut = cut.clone();
             let generation = generation.clone();
@@ -48,6 +53,7 @@ impl FaultProxy {
                     }
                     let mut gen = generation.subscribe();
                     let (s1, s2) = (silent.subscribe(), silent.subscribe());
+                    let deaf = (deaf.clone(), deaf.load(Ordering::SeqCst));
                     tokio::spawn(async move {
                         let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                             return;
@@ -55,8 +61,8 @@ impl FaultProxy {
                         let (ri, wi) = inbound.into_split();
                         let (ro, wo) = outbound.into_split();
                         tokio::select! {
-                            _ = pipe(ri, wo, s1) => {}
-                            _ = pipe(ro, wi, s2) => {}
+                            _ = pipe(ri, wo, s1, None) => {}
+                            _ = pipe(ro, wi, s2, Some(deaf)) => {}
                             _ = gen.changed() => {}
                         }
                     });
@@ -69,6 +75,7 @@ impl FaultProxy {
             cut,
             silent,
             generation,
+            deaf,
             task,
         }
     }
@@ -90,6 +97,13 @@ impl FaultProxy {
         self.silent.send_replace(true);
     }
 
+    /// Links open now keep carrying bytes to the target but drop every
+    /// byte back (the target's answers are lost, as when a connection dies
+    /// after a request left); new links are not affected.
+    pub fn deafen(&self) {
+        self.deaf.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
         self.silent.send_replace(false);
@@ -102,11 +116,13 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Copies bytes, holding them while the proxy is silent.
+/// Copies bytes, holding them while the proxy is silent, and dropping them
+/// once `deaf` (the proxy's deafness generation and the link's) differ.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut silent: watch::Receiver<bool>,
+    deaf: Option<(Arc<AtomicU64>, u64)>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
@@ -119,6 +135,12 @@ async fn pipe(
             if silent.changed().await.is_err() {
                 return;
             }
+        }
+        if deaf
+            .as_ref()
+            .is_some_and(|(now, born)| now.load(Ordering::SeqCst) != *born)
+        {
+            continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
