@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{eventually, start, Recorder, Seen, NEVER};
+use switchboard_router::RoomMsg;
 
 const ROOM: &str = "lobby";
 
@@ -307,4 +308,68 @@ async fn an_idle_room_retires_and_its_successor_starts_a_new_epoch() {
     };
     assert_ne!(ok.str("epoch"), epoch, "a new incarnation, a new epoch");
     assert_eq!((ok.u64("offset"), ok.recovered()), (0, Some(false)));
+}
+
+/// Messages already queued to a room when it retires are handled by its
+/// successor: nothing is lost, and their order is kept. The test runs on
+/// a current-thread runtime and sends everything before it yields, so
+/// the messages are in the room's mailbox behind the `Tick` that retires it.
+#[tokio::test(flavor = "current_thread")]
+async fn what_reaches_a_retiring_room_is_handled_by_its_successor() {
+    let node = start(100, NEVER, NEVER).await;
+    let (a, b, publisher) = (Recorder::new(), Recorder::new(), Recorder::new());
+    node.join(ROOM, 1, &a, 1, None).await;
+    node.leave(ROOM, 1, Some((2, &a)));
+    eventually("the leave's ok", || a.reply(2).is_some()).await;
+    let (epoch, _) = joined_at(&a, 1).await;
+    let retiring = node.open(ROOM).await;
+
+    // No member, no history: the Tick retires the room; the rest was
+    // queued behind it.
+    let queued = [
+        RoomMsg::Tick,
+        support::join_msg(2, &b, 1, None),
+        support::publish_msg(1, Some("m-1"), Some((1, &publisher))),
+        support::leave_msg(2, Some((2, &b))),
+    ];
+    for msg in queued {
+        retiring.cast(msg).map_err(|_| "refused").unwrap();
+    }
+    eventually("the retiring room to stop", || {
+        !ractor::ACTIVE_STATES.contains(&retiring.get_status())
+    })
+    .await;
+    node.publish(ROOM, 2, None, Some((2, &publisher))).await;
+    eventually("the second message's offset", || {
+        publisher.reply(2).is_some()
+    })
+    .await;
+
+    let successor = node.open(ROOM).await;
+    assert_ne!(successor.get_id(), retiring.get_id());
+    // The join, publication and leave reached the successor, in order.
+    let ok = b.reply(1).expect("the forwarded join's ok");
+    assert_ne!(ok.str("epoch"), epoch, "the successor's epoch");
+    let new_epoch = ok.str("epoch").to_owned();
+    assert_eq!(b.msgs(), vec![(1, 1)]);
+    assert!(
+        b.reply(2).is_some(),
+        "the forwarded leave was acknowledged: {:?}",
+        b.events()
+    );
+    let oks: Vec<(String, u64)> = publisher
+        .replies()
+        .iter()
+        .map(|e| (e.str("epoch").to_owned(), e.u64("offset")))
+        .collect();
+    assert_eq!(oks, vec![(new_epoch.clone(), 1), (new_epoch, 2)]);
+    assert_eq!(
+        node.observer.seen(),
+        vec![
+            Seen::Joined(ROOM.into(), 1),
+            Seen::Left(ROOM.into(), 1),
+            Seen::Joined(ROOM.into(), 2),
+            Seen::Left(ROOM.into(), 2),
+        ]
+    );
 }
