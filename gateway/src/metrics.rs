@@ -1,5 +1,7 @@
 //! The Prometheus recorder and the metric names (part of the interface).
 
+use std::sync::{Mutex, PoisonError};
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -12,9 +14,18 @@ const LAG_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
 ];
 
+/// The recorder installed in this process, once it is.
+static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
 /// Installs the process-wide recorder and registers every metric, so that
-/// each name is exported from the first scrape.
+/// each name is exported from the first scrape. Later calls (several nodes
+/// or tests in one process) get the recorder already installed, and leave
+/// what it has counted as it is.
 pub fn install() -> Result<PrometheusHandle, GatewayError> {
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = &*installed {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("switchboard_publish_to_delivery_seconds".into()),
@@ -123,5 +134,30 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
     }
     // Registers the histogram (it renders with empty buckets until used).
     let _ = metrics::histogram!("switchboard_publish_to_delivery_seconds");
+    *installed = Some(handle.clone());
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn installing_twice_gives_the_same_recorder() {
+        let first = super::install().expect("first install");
+        metrics::counter!("switchboard_test_install_twice_total").increment(3);
+        let second = super::install().expect("second install");
+        metrics::counter!("switchboard_test_install_twice_total").increment(4);
+        // Both handles render the one recorder the `metrics` macros use,
+        // and the second install reset nothing.
+        for handle in [&first, &second] {
+            let text = handle.render();
+            assert!(
+                text.contains("switchboard_test_install_twice_total 7"),
+                "{text}"
+            );
+            assert!(
+                text.contains("switchboard_connections_opened_total"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -1078,10 +1078,14 @@ fn tick(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     }
 }
 
+/// (retiring) Hands `msg` to the room's next incarnation. A `Leave` goes
+/// too: a join queued before it was forwarded there, and the leave's `ok`
+/// is owed either way.
 async fn forward(state: &RoomState, msg: RoomMsg) -> Result<(), ActorProcessingErr> {
     if matches!(
         msg,
         RoomMsg::Join(_)
+            | RoomMsg::Leave { .. }
             | RoomMsg::Publish(_)
             | RoomMsg::Subscribe { .. }
             | RoomMsg::Replication(_)
