@@ -306,7 +306,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
         return;
       case "pub":
         if (error) this.#outbox.settle(pending.entry, { error });
-        else if (ev.op === "ok") this.#outbox.settle(pending.entry, { ack: okJoin(ev) });
+        else if (ev.op === "ok") this.#outbox.settle(pending.entry, { ack: { epoch: ev.epoch ?? "", offset: ev.offset ?? 0 } });
         return;
       default:
         if (error) pending.reject(error);
