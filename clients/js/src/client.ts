@@ -47,13 +47,13 @@ export const CLIENT_CLOSE = {
 } as const;
 
 export interface ClientEvents {
-  /** A connection attempt starts; `attempt` counts from 1 since the last success. */
+  /** A connection attempt starts; `attempt` counts from 1 since the last connection was up. */
   connecting: { attempt: number };
   /** The server's `hello` arrived; rooms are being rejoined. */
   connected: { conn: string; node: string; user: string; heartbeatMs: number; maxFrame: number };
   /** A connection or attempt ended. */
   disconnected: { code: number; reason: string };
-  /** The next attempt starts in `delay` ms. */
+  /** Attempt number `attempt` (as `connecting` will count it) starts in `delay` ms. */
   reconnecting: { delay: number; attempt: number };
   /** A direct message (`send`) to this user. */
   dm: { from: string; data: unknown };
@@ -91,9 +91,15 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   #generation = 0;
   #hello: HelloEvent | undefined;
   #nextId = 1;
+  /** Connection attempts since the last one that got its `hello`. */
+  #attempt = 0;
   /** Rejoins sent on connect and not yet answered: publications wait for them. */
   #rejoining = 0;
   #pingOutstanding = false;
+  /** Per room, the backoff of joins answered 503; gone once one succeeds. */
+  readonly #joinBackoff = new Map<Room, Backoff>();
+  /** Join retries waiting; a new connection rejoins everything anyway. */
+  readonly #joinTimers = new Set<Timer>();
   #timers: { retry?: Timer; connect?: Timer; ping?: Timer; pong?: Timer } = {};
 
   constructor(url: string, options: ClientOptions = {}) {
@@ -187,14 +193,19 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     if (this.#state === "closed") return;
     const generation = ++this.#generation;
     this.#state = "connecting";
-    this.emit("connecting", { attempt: this.#backoff.attempts + 1 });
+    this.emit("connecting", { attempt: ++this.#attempt });
+    // Started before the token is asked for: a getToken that never answers
+    // must not stall reconnection either.
+    this.#timers.connect = setTimeout(
+      () => this.#lost(CLIENT_CLOSE.connectTimeout, "connect timeout"),
+      this.#options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
+    );
     let token: string | undefined;
     try {
       token = this.#options.getToken ? await this.#options.getToken() : this.#options.token;
     } catch (error) {
       if (generation !== this.#generation) return;
-      this.emit("error", error instanceof Error ? error : new Error(String(error)));
-      this.#retry(this.#backoff.next());
+      this.#failedAttempt(error);
       return;
     }
     if (generation !== this.#generation) return;
@@ -204,8 +215,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     try {
       sock = new this.#WebSocket(url.toString(), SUBPROTOCOL);
     } catch (error) {
-      this.emit("error", error instanceof Error ? error : new Error(String(error)));
-      this.#retry(this.#backoff.next());
+      this.#failedAttempt(error);
       return;
     }
     this.#sock = sock;
@@ -218,10 +228,13 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     };
     // An error is always followed by a close, which carries what is known.
     sock.onerror = () => undefined;
-    this.#timers.connect = setTimeout(
-      () => this.#lost(CLIENT_CLOSE.connectTimeout, "connect timeout"),
-      this.#options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
-    );
+  }
+
+  /** An attempt that failed before it had a socket (getToken threw, a bad URL). */
+  #failedAttempt(error: unknown): void {
+    this.#drop(new NotConnectedError("connection attempt failed"));
+    this.emit("error", error instanceof Error ? error : new Error(String(error)));
+    this.#retry(this.#backoff.next());
   }
 
   #receive(data: unknown): void {
@@ -264,6 +277,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     this.#state = "connected";
     this.#hello = hello;
     this.#backoff.reset();
+    this.#attempt = 0;
     this.#timers.ping = setInterval(() => this.#ping(), this.#options.pingIntervalMs ?? DEFAULTS.pingIntervalMs);
     for (const room of this.#rooms.values()) {
       if (room.active) this.#join(room, true);
@@ -300,8 +314,12 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
         clearTimeout(this.#timers.pong);
         return;
       case "join":
-        if (error) pending.room.joinRefused(error);
-        else if (ev.op === "ok") pending.room.joinAnswered(okJoin(ev), pending.since);
+        if (error?.code === 503) this.#retryJoin(pending.room);
+        else if (error) pending.room.joinRefused(error);
+        else if (ev.op === "ok") {
+          this.#joinBackoff.delete(pending.room);
+          pending.room.joinAnswered(okJoin(ev), pending.since);
+        }
         if (pending.rejoin && --this.#rejoining === 0) this.#flush();
         return;
       case "pub":
@@ -312,6 +330,24 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
         if (error) pending.reject(error);
         else if (ev.op === "ok") pending.resolve(ev);
     }
+  }
+
+  /**
+   * A join answered 503 (the room's home is unavailable, in a cluster: a
+   * node lost or moving rooms) is asked again after a backoff of its own,
+   * as the protocol says to; the room stays joining meanwhile.
+   */
+  #retryJoin(room: Room): void {
+    let backoff = this.#joinBackoff.get(room);
+    if (!backoff) {
+      backoff = new Backoff(this.#backoff.baseMs, this.#backoff.capMs);
+      this.#joinBackoff.set(room, backoff);
+    }
+    const timer = setTimeout(() => {
+      this.#joinTimers.delete(timer);
+      if (this.#state === "connected" && room.active) this.#join(room, false);
+    }, backoff.next());
+    this.#joinTimers.add(timer);
   }
 
   /** Sends the publications still to go, once rejoins are answered. */
@@ -418,6 +454,8 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     clearInterval(this.#timers.ping);
     clearTimeout(this.#timers.pong);
     this.#timers = {};
+    this.#joinTimers.forEach(clearTimeout);
+    this.#joinTimers.clear();
     this.#pingOutstanding = false;
     this.#rejoining = 0;
     for (const pending of this.#pending.values()) {
@@ -433,7 +471,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   #retry(delay: number): void {
     if (this.#state === "closed") return;
     this.#state = "waiting";
-    this.emit("reconnecting", { delay, attempt: this.#backoff.attempts });
+    this.emit("reconnecting", { delay, attempt: this.#attempt + 1 });
     this.#timers.retry = setTimeout(() => void this.#open(), delay);
   }
 }

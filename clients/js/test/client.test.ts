@@ -241,18 +241,43 @@ test("1012 retries at once; other closes back off; a success resets the schedule
   client.on("reconnecting", (r) => retries.push(r));
   const s1 = await serve(1);
   s1.drop(1012, "draining");
-  assert.deepEqual(retries.at(-1), { delay: 0, attempt: 0 });
+  assert.deepEqual(retries.at(-1), { delay: 0, attempt: 1 });
   await until(() => FakeSocket.all.length === 2, "the immediate retry");
   FakeSocket.all[1]!.drop(1006);
   await until(() => FakeSocket.all.length === 3, "retry 2");
   FakeSocket.all[2]!.drop(1006);
   assert.ok(retries[1]!.delay < 40 && retries[2]!.delay < 80, JSON.stringify(retries));
-  assert.deepEqual(retries.map((r) => r.attempt), [0, 1, 2]);
+  assert.deepEqual(retries.map((r) => r.attempt), [1, 2, 3]);
   const s4 = await serve(4);
   s4.drop(1006);
-  assert.equal(retries.at(-1)!.attempt, 1, "the schedule restarted after the success");
+  assert.equal(retries.at(-1)!.attempt, 1, "the count restarted after the success");
   assert.ok(retries.at(-1)!.delay < 40);
   client.close();
+});
+
+test("a join answered 503 is asked again until it succeeds", async () => {
+  const client = open();
+  const joined = client.room("r").join();
+  const s = await serve(1);
+  s.deliver({ op: "err", id: s.commands("join")[0]!.id, code: 503, reason: "room: its home node is unavailable; retry" });
+  await until(() => s.commands("join").length === 2, "the join asked again");
+  s.deliver({ op: "ok", id: s.commands("join")[1]!.id, room: "r", epoch: "e1", offset: 0 });
+  assert.deepEqual(await joined, { epoch: "e1", offset: 0 });
+});
+
+test("a failing getToken is reported and retried", async () => {
+  let calls = 0;
+  const client = open({
+    getToken: () => {
+      if (++calls === 1) throw new Error("token service down");
+      return "t2";
+    },
+  });
+  const errors: Error[] = [];
+  client.on("error", (e) => errors.push(e));
+  const s = await serve(1);
+  assert.equal(new URL(s.url).searchParams.get("token"), "t2");
+  assert.deepEqual(errors.map((e) => e.message), ["token service down"]);
 });
 
 test("an unanswered ping declares the connection dead and reconnects", async () => {
