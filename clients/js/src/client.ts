@@ -61,7 +61,8 @@ export interface ClientEvents {
   error: Error;
 }
 
-type State = "connecting" | "connected" | "waiting" | "closed";
+/** `waiting`: between attempts, for the backoff delay. */
+export type ConnectionState = "connecting" | "connected" | "waiting" | "closed";
 
 /** A command waiting for its reply. */
 type Pending =
@@ -85,7 +86,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   readonly #outbox: Outbox;
   readonly #rooms = new Map<string, Room>();
   readonly #pending = new Map<number, Pending>();
-  #state: State = "connecting";
+  #state: ConnectionState = "connecting";
   #sock: SocketLike | undefined;
   /** Bumped per attempt: events of a socket given up on are ignored. */
   #generation = 0;
@@ -121,7 +122,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     return this.#hello;
   }
 
-  get state(): State {
+  get state(): ConnectionState {
     return this.#state;
   }
 
@@ -160,7 +161,8 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
 
   /** @internal */
   sendJoin(room: Room): void {
-    if (this.#state === "connected") this.#join(room, false);
+    if (this.#state === "closed") room.closed(new ClosedError("client closed"));
+    else if (this.#state === "connected") this.#join(room, false);
   }
 
   /** @internal */
@@ -173,6 +175,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
 
   /** @internal */
   publish(room: string, data: unknown, msgId: string | undefined): Promise<PublishAck> {
+    if (this.#state === "closed") return Promise.reject(new ClosedError("client closed"));
     let acked: Promise<PublishAck>;
     try {
       acked = this.#outbox.add(room, data, msgId).acked;

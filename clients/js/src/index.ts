@@ -1,4 +1,4 @@
-export { connect, Client, DEFAULTS, CLIENT_CLOSE, type ClientOptions, type ClientEvents } from "./client.js";
+export { connect, Client, DEFAULTS, CLIENT_CLOSE, type ClientOptions, type ClientEvents, type ConnectionState } from "./client.js";
 export { Room, type RoomEvents, type RoomMessage, type JoinOptions, type JoinResult } from "./room.js";
 export type { PublishAck } from "./outbox.js";
 export type { Since } from "./codec.js";

@@ -95,15 +95,17 @@ export class Room extends Emitter<RoomEvents> {
     if (this.#joined) return this.#joined;
     this.#presence = options.presence ?? true;
     this.#state = "joining";
-    this.#joined = new Promise<JoinResult>((resolve, reject) => {
+    const joined = new Promise<JoinResult>((resolve, reject) => {
       this.#settleJoin = { resolve, reject };
     });
     // A join started without awaiting it and then cancelled (leave, close)
     // must not crash Node with an unhandled rejection; an awaiter still
     // gets the error.
-    this.#joined.catch(() => undefined);
+    joined.catch(() => undefined);
+    this.#joined = joined;
+    // May settle it at once (a closed client), so `joined` is kept above.
     this.host.sendJoin(this);
-    return this.#joined;
+    return joined;
   }
 
   /** Leaves the room; no `msg` of it is delivered after this is called. */

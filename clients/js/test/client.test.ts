@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, test } from "node:test";
 import { type Client, type ClientOptions, connect } from "../src/client.js";
-import { MessageTooLargeError, NotConnectedError, QueueFullError, ServerError } from "../src/errors.js";
+import { ClosedError, MessageTooLargeError, NotConnectedError, QueueFullError, ServerError } from "../src/errors.js";
 import type { RoomEvents } from "../src/room.js";
 import { FakeSocket, until } from "./fake-socket.js";
 
@@ -309,4 +309,6 @@ test("close rejects what is pending and stops reconnecting", async () => {
   await new Promise((r) => setTimeout(r, 30));
   assert.equal(FakeSocket.all.length, 1);
   assert.equal(client.state, "closed");
+  await assert.rejects(client.room("other").join(), ClosedError);
+  await assert.rejects(client.room("r").publish(2), ClosedError);
 });
