@@ -184,6 +184,23 @@ test("publications made while disconnected go out on connect; the queue is bound
   client.close();
 });
 
+test("after leave no msg is delivered and the room is not rejoined", async () => {
+  const client = open();
+  const msgs = record(client, "r", "msg");
+  void client.room("r").join();
+  const s1 = await serve(1);
+  s1.deliver({ op: "ok", id: s1.commands("join")[0]!.id, room: "r", epoch: "e1", offset: 0 });
+  const left = client.room("r").leave();
+  const leave = s1.commands("leave")[0]!;
+  assert.equal(leave.room, "r");
+  s1.deliver({ op: "msg", room: "r", offset: 1, from: "b", data: 1 }, { op: "ok", id: leave.id });
+  await left;
+  assert.deepEqual(msgs, []);
+  s1.drop(1006);
+  const s2 = await serve(2);
+  assert.deepEqual(s2.commands("join"), []);
+});
+
 test("a server error rejects the publish with its code, and it is not re-sent", async () => {
   const client = open();
   const s = await serve(1);
