@@ -3,7 +3,8 @@ import { afterEach, beforeEach, test } from "node:test";
 import { type Client, type ClientOptions, connect } from "../src/client.js";
 import { ClosedError, MessageTooLargeError, NotConnectedError, QueueFullError, ServerError } from "../src/errors.js";
 import type { RoomEvents } from "../src/room.js";
-import { FakeSocket, until } from "./fake-socket.js";
+import { FakeSocket } from "./fake-socket.js";
+import { until } from "./until.js";
 
 const clients: Client[] = [];
 beforeEach(() => FakeSocket.reset());

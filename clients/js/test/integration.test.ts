@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 import { type Client, type ClientOptions, connect } from "../src/client.js";
 import type { RoomEvents, RoomMessage } from "../src/room.js";
-import { until } from "./fake-socket.js";
+import { until } from "./until.js";
 import { type Server, skipReason, startServer, stopServer } from "./server.js";
 
 /**
