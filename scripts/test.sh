@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: format, lints, Rust tests (unit,
-# property and real-process integration tests), then a Python client talking
-# to the real binary.
+# property and real-process integration tests), then a Python client and the
+# JavaScript SDK talking to the real binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,9 @@ echo "== python client"
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
+
+echo "== JavaScript SDK"
+(cd clients/js && npm ci --no-audit --no-fund && SWITCHBOARD_BIN=$PWD/../../target/debug/switchboard npm test)
 
 echo "== WebSocket conformance (Autobahn cases via kosoku)"
 tests/conformance/run.sh target/pyenv/bin/python target/debug/switchboard
