@@ -39,8 +39,21 @@ target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r te
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
 
-echo "== JavaScript SDK"
-(cd clients/js && npm ci --no-audit --no-fund && SWITCHBOARD_BIN=$PWD/../../target/debug/switchboard npm test)
+echo "== JavaScript SDK, the demo page's bundle, and the demo in Chromium"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "Chromium is needed for the browser tests (apt-get install chromium)"; exit 1
+  fi
+fi
+(cd clients/js && npm ci --no-audit --no-fund && npm run bundle)
+# The bundle the gateway serves at /demo is committed: it must be the SDK's.
+if ! git diff --quiet -- gateway/assets/demo/switchboard.js; then
+  echo "gateway/assets/demo/switchboard.js is not the SDK's bundle: run 'npm run bundle' in clients/js and commit it"
+  exit 1
+fi
+(cd clients/js && SWITCHBOARD_BIN=$PWD/../../target/debug/switchboard CHROMIUM_BIN="$(command -v chromium)" npm test)
 
 echo "== WebSocket conformance (Autobahn cases via kosoku)"
 tests/conformance/run.sh target/pyenv/bin/python target/debug/switchboard

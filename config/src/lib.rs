@@ -70,12 +70,15 @@ impl Default for NodeSettings {
 pub struct HttpSettings {
     /// Address of the HTTP listener (WebSocket, health, metrics, API).
     pub listen: SocketAddr,
+    /// Serve the demo page (`GET /demo`) and the browser SDK it loads.
+    pub demo: bool,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            demo: true,
         }
     }
 }

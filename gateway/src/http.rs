@@ -116,6 +116,9 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                 text(StatusCode::NOT_FOUND, "room not running")
             }
         }
+        (&Method::GET, p) if node.settings.http.demo && p.starts_with("/demo") => {
+            crate::demo::serve(p).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found"))
+        }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(resp)

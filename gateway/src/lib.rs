@@ -22,6 +22,7 @@
 
 pub mod auth;
 mod connection;
+mod demo;
 mod http;
 mod metrics;
 mod node;

@@ -1054,3 +1054,30 @@ async fn only_commands_that_wait_wake_a_session_and_order_holds() {
     s.wait_metric("switchboard_session_actors", 0.0, WAIT).await;
     assert_eq!(a.publish("p", 3.into()).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn the_demo_page_and_the_sdk_it_loads_are_served_unless_turned_off() {
+    let s = Server::start(&[]);
+    let (status, page) = s.http("GET", "/demo", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(r#"src="/demo/app.js""#), "{page}");
+    let (status, app) = s.http("GET", "/demo/app.js", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(app.contains(r#"from "/demo/switchboard.js""#));
+    let (status, sdk) = s.http("GET", "/demo/switchboard.js", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        sdk.contains("switchboard.v1"),
+        "the bundle speaks the protocol"
+    );
+    assert_eq!(s.http("GET", "/demo/", &[], b"").await.0, 200);
+    assert_eq!(s.http("GET", "/demo/nothing.js", &[], b"").await.0, 404);
+    assert_eq!(s.http("GET", "/demonstration", &[], b"").await.0, 404);
+
+    let off = Server::start(&[("SWITCHBOARD__HTTP__DEMO", "false")]);
+    assert_eq!(off.http("GET", "/demo", &[], b"").await.0, 404);
+    assert_eq!(
+        off.http("GET", "/demo/switchboard.js", &[], b"").await.0,
+        404
+    );
+}

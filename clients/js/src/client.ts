@@ -44,6 +44,10 @@ export const DEFAULTS = {
 export const CLIENT_CLOSE = {
   pingTimeout: 4000,
   connectTimeout: 4001,
+  /** `reconnect()` was called. */
+  reconnect: 4002,
+  /** The server sent something the client cannot read; it connects again. */
+  undecodable: 4003,
 } as const;
 
 export interface ClientEvents {
@@ -74,12 +78,14 @@ type Pending =
 type OkEvent = Extract<ServerEvent, { op: "ok" }>;
 
 /** Opens a client; it connects, and reconnects, in the background. */
-export function connect(url: string, options: ClientOptions = {}): Client {
+export function connect(url: string | string[], options: ClientOptions = {}): Client {
   return new Client(url, options);
 }
 
 export class Client extends Emitter<ClientEvents> implements RoomHost {
-  readonly #url: URL;
+  /** Any node of the cluster; each attempt takes the next one. */
+  readonly #urls: URL[];
+  #nextUrl = 0;
   readonly #options: ClientOptions;
   readonly #WebSocket: WebSocketConstructor;
   readonly #backoff: Backoff;
@@ -103,9 +109,10 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   readonly #joinTimers = new Set<Timer>();
   #timers: { retry?: Timer; connect?: Timer; ping?: Timer; pong?: Timer } = {};
 
-  constructor(url: string, options: ClientOptions = {}) {
+  constructor(url: string | string[], options: ClientOptions = {}) {
     super();
-    this.#url = new URL(url);
+    this.#urls = (Array.isArray(url) ? url : [url]).map((u) => new URL(u));
+    if (this.#urls.length === 0) throw new TypeError("connect: no URL");
     this.#options = options;
     this.#WebSocket = options.WebSocket ?? defaultWebSocket();
     this.#backoff = new Backoff(
@@ -157,6 +164,18 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     this.#outbox.failAll(error);
     for (const room of this.#rooms.values()) room.closed(error);
     if (hadSocket) this.emit("disconnected", { code: 1000, reason: "client closed" });
+  }
+
+  /**
+   * Drops the connection as a network failure would and connects again
+   * after `delayMs` (default: at once). Rooms are rejoined with `since` and
+   * unacknowledged publications re-sent, as after any loss.
+   */
+  reconnect(delayMs = 0): void {
+    if (this.#state === "closed") return;
+    this.#drop(new NotConnectedError("reconnecting"));
+    this.emit("disconnected", { code: CLIENT_CLOSE.reconnect, reason: "reconnect requested" });
+    this.#retry(delayMs);
   }
 
   /** @internal */
@@ -212,7 +231,8 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
       return;
     }
     if (generation !== this.#generation) return;
-    const url = new URL(this.#url);
+    // A node that is gone or draining is not asked twice in a row.
+    const url = new URL(this.#urls[this.#nextUrl++ % this.#urls.length]!);
     if (token !== undefined) url.searchParams.set("token", token);
     let sock: SocketLike;
     try {
@@ -241,8 +261,12 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   }
 
   #receive(data: unknown): void {
+    // What cannot be read may have been a reply or a message: going on
+    // would leave a promise unanswered or a gap, so the connection starts
+    // over (rejoins with `since` fill any gap).
     if (!(data instanceof ArrayBuffer || ArrayBuffer.isView(data))) {
       this.emit("error", new Error("the server sent a text message; the protocol is binary"));
+      this.#lost(CLIENT_CLOSE.undecodable, "text message");
       return;
     }
     let events: ServerEvent[];
@@ -250,6 +274,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
       events = decodeEvents(data);
     } catch (error) {
       this.emit("error", error instanceof Error ? error : new Error(String(error)));
+      this.#lost(CLIENT_CLOSE.undecodable, "undecodable message");
       return;
     }
     for (const ev of events) this.#dispatch(ev);

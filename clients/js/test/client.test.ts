@@ -330,3 +330,44 @@ test("close rejects what is pending and stops reconnecting", async () => {
   await assert.rejects(client.room("other").join(), ClosedError);
   await assert.rejects(client.room("r").publish(2), ClosedError);
 });
+
+test("reconnect() drops the socket, connects again after the delay, rejoins with since and re-sends", async () => {
+  const client = open();
+  const states: string[] = [];
+  client.on("disconnected", (e) => states.push(`disconnected ${e.code}`));
+  client.on("reconnecting", (e) => states.push(`reconnecting ${e.delay}`));
+  void client.room("r").join();
+  const s1 = await serve(1);
+  s1.deliver({ op: "ok", id: s1.commands("join")[0]!.id, room: "r", epoch: "e1", offset: 7 });
+  const acked = client.room("r").publish("x", { msgId: "m1" });
+  await until(() => s1.commands("pub").length === 1, "pub sent");
+  client.reconnect(30);
+  assert.equal(s1.closedByClient, 1000);
+  assert.deepEqual(states, ["disconnected 4002", "reconnecting 30"]);
+  const s2 = await serve(2);
+  const rejoin = s2.commands("join")[0]!;
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 7 });
+  s2.deliver({ op: "ok", id: rejoin.id, room: "r", epoch: "e1", offset: 8, recovered: true });
+  await until(() => s2.commands("pub").length === 1, "pub re-sent");
+  const pub = s2.commands("pub")[0]!;
+  assert.equal(pub.msg_id, "m1");
+  s2.deliver({ op: "ok", id: pub.id, room: "r", epoch: "e1", offset: 8 });
+  assert.deepEqual(await acked, { epoch: "e1", offset: 8 });
+  client.close();
+});
+
+test("a message that does not decode is an error event and the connection starts over", async () => {
+  const client = open();
+  const errors: Error[] = [];
+  const closes: number[] = [];
+  client.on("error", (e) => errors.push(e));
+  client.on("disconnected", (e) => closes.push(e.code));
+  void client.room("r").join();
+  const s1 = await serve(1);
+  s1.deliverRaw(new Uint8Array([0xc1, 0xff, 0x00]));
+  assert.equal(errors.length, 1);
+  assert.deepEqual(closes, [4003]);
+  const s2 = await serve(2);
+  assert.equal(s2.commands("join").length, 1);
+  client.close();
+});

@@ -53,6 +53,11 @@ export class FakeSocket implements SocketLike {
     this.onmessage?.({ data: message.buffer });
   }
 
+  /** Server side: a binary message as is (e.g. bytes that do not decode). */
+  deliverRaw(bytes: Uint8Array): void {
+    this.onmessage?.({ data: bytes.buffer });
+  }
+
   hello(user = "alice"): void {
     this.deliver({ op: "hello", v: 1, conn: "c1", node: "node-1", user, heartbeat_ms: 30000, max_frame: 65536 });
   }

@@ -29,6 +29,8 @@ export interface Server {
   readonly proc: ChildProcess;
   /** host:port of the HTTP listener, from the `listening addr=` log line. */
   readonly addr: string;
+  /** host:port of the cluster listener, when the node is in a cluster. */
+  readonly clusterAddr: string | undefined;
   readonly exited: Promise<number | null>;
 }
 
@@ -41,16 +43,22 @@ export function startServer(listen = "127.0.0.1:0", env: Record<string, string> 
     env: { ...process.env, RUST_LOG: "info", SWITCHBOARD__HTTP__LISTEN: listen, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
+  const clustered = env.SWITCHBOARD__CLUSTER__LISTEN !== undefined;
   const exited = new Promise<number | null>((res) => proc.once("exit", (code) => res(code)));
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error("switchboard did not log `listening` within 15 s")), 15_000);
+    let addr: string | undefined;
+    let clusterAddr: string | undefined;
     // The log is read to the end so that the server never blocks on a full pipe.
     const lines = createInterface({ input: proc.stderr! });
     lines.on("line", (line) => {
-      const addr = / listening.*addr=(\S+)/.exec(line)?.[1];
-      if (addr && !line.includes("cluster listening")) {
+      const found = / listening.*addr=(\S+)/.exec(line)?.[1];
+      if (!found) return;
+      if (line.includes("cluster listening")) clusterAddr = found;
+      else addr = found;
+      if (addr && (clusterAddr || !clustered)) {
         clearTimeout(timer);
-        resolvePromise({ proc, addr, exited });
+        resolvePromise({ proc, addr, clusterAddr, exited });
       }
     });
     void exited.then((code) => {
@@ -58,6 +66,39 @@ export function startServer(listen = "127.0.0.1:0", env: Record<string, string> 
       reject(new Error(`switchboard exited with ${code} before listening`));
     });
   });
+}
+
+/**
+ * Starts `n` nodes `n1..` as one cluster, each on ports of its own choosing,
+ * seeded with the nodes started before it; resolves once every node sees
+ * all `n` (`GET /api/node`).
+ */
+export async function startCluster(n: number, env: Record<string, string> = {}): Promise<Server[]> {
+  const cookie = `js-${Math.random().toString(16).slice(2)}`;
+  const nodes: Server[] = [];
+  for (let i = 1; i <= n; i++) {
+    nodes.push(
+      await startServer("127.0.0.1:0", {
+        SWITCHBOARD__NODE__NAME: `n${i}`,
+        SWITCHBOARD__CLUSTER__LISTEN: "127.0.0.1:0",
+        SWITCHBOARD__CLUSTER__SEEDS: nodes.map((s) => s.clusterAddr).join(","),
+        SWITCHBOARD__CLUSTER__COOKIE: cookie,
+        ...env,
+      }),
+    );
+  }
+  const deadline = Date.now() + 20_000;
+  for (const node of nodes) {
+    for (;;) {
+      const seen = await fetch(`http://${node.addr}/api/node`)
+        .then((r) => r.json() as Promise<{ nodes: number; ready: boolean }>)
+        .catch(() => undefined);
+      if (seen?.nodes === n && seen.ready) break;
+      if (Date.now() > deadline) throw new Error(`node ${node.addr} did not see ${n} nodes within 20 s`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return nodes;
 }
 
 /** Stops a node (SIGKILL unless told), waiting for its exit. */

@@ -1,0 +1,174 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { type Browser, chromium, type Page } from "playwright-core";
+import { FaultProxy } from "./proxy.js";
+import { type Server, skipReason, startCluster, startServer, stopServer } from "./server.js";
+
+/**
+ * The demo page (`GET /demo`, the SDK as bundled into the gateway) in
+ * headless Chromium against real nodes. Debian's chromium: tools that
+ * download their own browser build cannot here.
+ */
+const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+
+function browserSkip(): string | undefined {
+  const reason = skipReason();
+  if (reason) return reason;
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_BIN`);
+  }
+  return undefined;
+}
+
+const skip = browserSkip();
+
+interface Shown {
+  offset: number;
+  text: string;
+}
+
+async function openDemo(browser: Browser, addr: string, user: string, room: string, nodes?: string[]): Promise<Page> {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error(`[${user}] page error: ${e.message}`));
+  const q = new URLSearchParams({ user, room });
+  if (nodes) q.set("nodes", nodes.join(","));
+  await page.goto(`http://${addr}/demo?${q}`);
+  await page.click("#join");
+  await page.waitForSelector("#text:not([disabled])");
+  return page;
+}
+
+function shown(page: Page): Promise<Shown[]> {
+  return page.$$eval("#messages li[data-offset]", (lis) =>
+    lis.map((li) => ({
+      offset: Number((li as HTMLElement).dataset.offset),
+      text: li.querySelector(".text")?.textContent ?? "",
+    })),
+  );
+}
+
+async function say(page: Page, text: string): Promise<void> {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+/** Waits until the page shows a message with this text. */
+async function sees(page: Page, text: string, timeout = 15_000): Promise<void> {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll("#messages li .text")].some((e) => e.textContent === t),
+    text,
+    { timeout },
+  );
+}
+
+function expectExactly(list: Shown[], texts: string[]): void {
+  assert.deepEqual(
+    list,
+    texts.map((text, i) => ({ offset: i + 1, text })),
+  );
+}
+
+describe("the demo page in Chromium", { skip }, () => {
+  let browser: Browser;
+  before(async () => {
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  });
+  after(async () => {
+    await browser?.close();
+  });
+
+  test("two pages chat through the demo, with presence", async () => {
+    const node = await startServer();
+    try {
+      const alice = await openDemo(browser, node.addr, "alice", "lobby");
+      const bob = await openDemo(browser, node.addr, "bob", "lobby");
+      await alice.waitForFunction(() => document.querySelectorAll("#presence li").length === 2);
+      assert.deepEqual(await alice.$$eval("#presence li", (l) => l.map((e) => e.textContent)), ["alice", "bob"]);
+      await say(alice, "hello bob");
+      await sees(bob, "hello bob");
+      await say(bob, "hi alice");
+      await sees(alice, "hi alice");
+      for (const page of [alice, bob]) expectExactly(await shown(page), ["hello bob", "hi alice"]);
+      assert.equal(await alice.textContent("#offset"), "2");
+      // The node's metrics, read by the page from /metrics.
+      await alice.waitForSelector('#metrics dd[data-metric="switchboard_connections"]');
+      await bob.close();
+      await alice.waitForFunction(() => document.querySelectorAll("#presence li").length === 1);
+    } finally {
+      await stopServer(node);
+    }
+  });
+
+  test("a page whose connection is cut recovers what it missed and re-sends its unacknowledged message once", async () => {
+    const node = await startServer();
+    const proxy = await FaultProxy.start(node.addr);
+    try {
+      // Alice's socket goes through the proxy; the page comes from the node.
+      const alice = await openDemo(browser, node.addr, "alice", "r", [proxy.addr]);
+      const bob = await openDemo(browser, node.addr, "bob", "r");
+      await say(bob, "b1");
+      await sees(alice, "b1");
+      // The node's replies stop reaching Alice: her message is published
+      // (Bob sees it) but its ok never arrives.
+      proxy.deaf = true;
+      await say(alice, "a1");
+      await sees(bob, "a1");
+      assert.equal(await alice.textContent("#queued"), "1");
+      await say(bob, "b2");
+      await say(bob, "b3");
+      await sees(bob, "b3");
+      proxy.cut();
+      // Back: rejoined with since, the missed messages replayed, a1 re-sent
+      // with its msg_id and answered with its original offset.
+      await sees(alice, "b3");
+      await alice.waitForFunction(() => document.querySelector("#queued")?.textContent === "0");
+      const log = await alice.$$eval("#log li", (l) => l.map((e) => e.textContent ?? ""));
+      assert.ok(
+        log.some((l) => l.includes("recovered everything after 1")),
+        `no recovery in the log: ${log.join(" | ")}`,
+      );
+      await say(alice, "a2");
+      await sees(bob, "a2");
+      await sees(alice, "a2");
+      for (const page of [alice, bob]) expectExactly(await shown(page), ["b1", "a1", "b2", "b3", "a2"]);
+    } finally {
+      await proxy.close();
+      await stopServer(node);
+    }
+  });
+
+  test("a page on a drained node moves to another node of the cluster and loses nothing", async () => {
+    const nodes: Server[] = await startCluster(3, { SWITCHBOARD__SHUTDOWN__DRAIN_S: "1" });
+    const addrs = nodes.map((n) => n.addr);
+    try {
+      const alice = await openDemo(browser, addrs[0]!, "alice", "deploy", addrs);
+      const bob = await openDemo(browser, addrs[2]!, "bob", "deploy", [addrs[2]!]);
+      assert.equal(await alice.textContent("#node"), "n1");
+      const sent: string[] = [];
+      const publish = async (n: number) => {
+        for (let i = 0; i < n; i++) {
+          const text = `m${sent.length + 1}`;
+          sent.push(text);
+          await say(bob, text);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await publish(5);
+      await sees(alice, "m5");
+      // Drain n1 (SIGTERM) while Bob keeps publishing.
+      nodes[0]!.proc.kill("SIGTERM");
+      await publish(20);
+      assert.equal(await nodes[0]!.exited, 0);
+      await sees(alice, sent.at(-1)!);
+      await alice.waitForFunction(() => document.querySelector("#node")?.textContent !== "n1");
+      await sees(bob, sent.at(-1)!);
+      for (const page of [alice, bob]) expectExactly(await shown(page), sent);
+      const log = await alice.$$eval("#log li", (l) => l.map((e) => e.textContent ?? ""));
+      assert.ok(log.some((l) => l.includes("disconnected 1012")), `no 1012 in the log: ${log.join(" | ")}`);
+      assert.ok(!log.some((l) => l.includes("recovered:false")), `lost history: ${log.join(" | ")}`);
+    } finally {
+      await Promise.all(nodes.map((n) => stopServer(n)));
+    }
+  });
+});
