@@ -2,14 +2,13 @@
 //! and the session push to, drained by the socket's writer.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use switchboard_protocol::{Bytes, CloseCode, EventSink};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// How the connection is to be closed.
 #[derive(Debug, Clone)]
@@ -38,10 +37,11 @@ struct Queue {
 pub struct Outbound {
     queue: Mutex<Queue>,
     capacity: usize,
-    /// Wakes the writer.
+    /// Wakes the writer: something to write, or closing.
     ready: Notify,
-    /// Cancelled once the connection is closing, for the reader and writer.
-    closed: CancellationToken,
+    /// Set once the connection is closing (a flag, not a CancellationToken:
+    /// that is an allocation of its own per connection).
+    closed: AtomicBool,
     /// Milliseconds since [`epoch`] when the client last sent anything.
     last_seen_ms: AtomicU64,
 }
@@ -58,7 +58,7 @@ impl Outbound {
             queue: Mutex::new(Queue::default()),
             capacity,
             ready: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(0),
         };
         out.touch();
@@ -88,8 +88,8 @@ impl Outbound {
         }
         q.closing = Some(closing);
         drop(q);
+        self.closed.store(true, Ordering::Release);
         self.ready.notify_one();
-        self.closed.cancel();
     }
 
     fn enqueue(&self, event: Bytes, published: Option<Instant>) -> bool {
@@ -104,8 +104,8 @@ impl Outbound {
             q.closing = Some(Closing::Server(CloseCode::Policy, "slow consumer"));
             drop(q);
             metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            self.closed.store(true, Ordering::Release);
             self.ready.notify_one();
-            self.closed.cancel();
             return false;
         }
         let was_empty = q.events.is_empty();
@@ -123,8 +123,10 @@ impl Outbound {
             {
                 let mut q = self.queue.lock();
                 if !q.events.is_empty() || q.closing.is_some() {
+                    // The queue's buffer goes with the batch: an idle
+                    // connection's queue holds no allocation.
                     return Batch {
-                        events: q.events.drain(..).collect(),
+                        events: Vec::from(std::mem::take(&mut q.events)),
                         closing: q.closing.clone(),
                     };
                 }
@@ -135,7 +137,11 @@ impl Outbound {
 
     /// Resolves once the connection is closing.
     pub async fn closing(&self) {
-        self.closed.cancelled().await;
+        // Only the connection's writer waits on `ready`, and never here and
+        // in `next_batch` at once; a wake-up for an event is not a close.
+        while !self.is_closed() {
+            self.ready.notified().await;
+        }
     }
 
     /// The close reason, once closing; `None` while open.
@@ -164,7 +170,7 @@ impl EventSink for Outbound {
     }
 
     fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     fn last_seen(&self) -> Instant {

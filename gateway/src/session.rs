@@ -14,14 +14,14 @@
 //! never go through the Session at all. So an idle or chatting socket costs
 //! no actor.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use switchboard_protocol::{
-    decode_commands, event, Bytes, Command, CommandError, CommandKind, ConnId, ErrorCode, EventSink,
+    decode_commands, event, Bytes, Command, CommandError, CommandKind, ConnId, ErrorCode,
+    EventSink, RoomSet,
 };
 use switchboard_router::{JoinRequest, Member, PublishReply, PublishRequest, RoomMsg};
 
@@ -39,7 +39,7 @@ pub struct Conn {
     /// Rooms joined (or being joined): for the rooms limit and leaving on
     /// close. Shared with the rooms, which take a room back out if its join
     /// is refused after routing.
-    joined: Arc<Mutex<HashSet<Arc<str>>>>,
+    joined: Arc<Mutex<RoomSet>>,
     bucket: Mutex<TokenBucket>,
     slot: Mutex<Slot>,
     node: Arc<NodeCtx>,
@@ -84,7 +84,7 @@ impl Conn {
             user,
             out,
             grants,
-            joined: Arc::new(Mutex::new(HashSet::new())),
+            joined: Arc::new(Mutex::new(RoomSet::default())),
             bucket: Mutex::new(bucket),
             slot: Mutex::new(Slot::default()),
             node,
@@ -156,7 +156,7 @@ impl Conn {
 
     /// The connection is gone: leave every room and presence, stop the Session.
     pub fn finish(&self) {
-        let rooms: Vec<Arc<str>> = self.joined.lock().drain().collect();
+        let rooms = self.joined.lock().take();
         for room in rooms {
             self.node.rooms.cast_if_running(
                 &room,

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use switchboard_protocol::{event, Bytes, CloseCode, ConnId, EventSink};
+use switchboard_protocol::{event, Bytes, CloseCode, ConnId, EventSink, RoomSet};
 
 use crate::handle::{Registry, RemoteUsers};
 use crate::replication::{PeerLink, Replication};
@@ -55,7 +55,7 @@ pub struct PresenceArgs {
 struct Conn {
     user: Arc<str>,
     sink: Arc<dyn EventSink>,
-    rooms: HashSet<Arc<str>>,
+    rooms: RoomSet,
 }
 
 #[derive(Default)]
@@ -150,6 +150,11 @@ impl PresenceState {
         if conns.is_empty() {
             out.online.push(user.to_string());
         }
+        // Most users have one connection: grow from one, not four.
+        if conns.len() == conns.capacity() {
+            let more = conns.len().max(1);
+            conns.reserve_exact(more);
+        }
         conns.push((conn, sink.clone()));
         drop(conns);
         self.conns.insert(
@@ -157,7 +162,7 @@ impl PresenceState {
             Conn {
                 user,
                 sink,
-                rooms: HashSet::new(),
+                rooms: RoomSet::default(),
             },
         );
         self.update_gauge();
@@ -167,7 +172,7 @@ impl PresenceState {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        for room in &c.rooms {
+        for room in c.rooms.iter() {
             self.remove_entry(room, &c.user, conn, out);
         }
         if let dashmap::Entry::Occupied(mut e) = self.registry.entry(c.user.clone()) {

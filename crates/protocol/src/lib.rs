@@ -24,6 +24,7 @@ pub mod event;
 pub mod frames;
 pub mod handshake;
 mod name;
+mod room_set;
 mod sink;
 mod value;
 
@@ -32,6 +33,7 @@ pub use close::CloseCode;
 pub use command::{decode_commands, Command, CommandError, CommandKind, Commands, Since};
 pub use error::ErrorCode;
 pub use name::{validate_room, validate_user, InvalidName, MAX_ROOM_BYTES, MAX_USER_BYTES};
+pub use room_set::RoomSet;
 pub use sink::{ConnId, EventSink};
 pub use value::{split_value, ValueError, MAX_DEPTH};
 
