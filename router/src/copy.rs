@@ -139,7 +139,13 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             refused,
             resend,
             ..
-        } => crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend),
+        } => {
+            if crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend)
+            {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+            }
+        }
         other => tracing::warn!(?other, "not a replication message"),
     }
 }

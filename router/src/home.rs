@@ -294,18 +294,14 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
         let Mode::Acquiring { queue, epoch } = previous else {
             return;
         };
-        // What this node sequenced itself but never released, nobody saw:
-        // it goes out now, with what a hand-over or copy brings.
-        let last = core.history.last_offset();
         let members_continue = epoch.is_some_and(|(e, _)| e == core.history.epoch);
         if !members_continue {
             let (e, at) = (core.history.epoch.clone(), core.history.released());
             core.reset_members(&e, at, "home_changed");
         }
+        // What needs no follower goes out here; with one, on its
+        // confirmation; while a peer's version is unknown, not yet.
         pick_follower(&mut core, &state.ctx);
-        if core.follower.is_none() {
-            release(&mut core, &state.ctx, last);
-        }
         // Members that continue get what they missed of the epoch.
         let RoomCore {
             history, members, ..
@@ -447,25 +443,27 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
             .find(|n| cluster.peer_version(n).is_some_and(|v| v >= 2))
             .cloned()
     };
-    if core.follower.as_ref().map(|f| &f.node) == want.as_ref() {
-        return;
-    }
-    if let Some(f) = core.follower.take() {
-        forget(ctx, core, &f.node);
-    }
-    match want {
-        Some(node) => {
+    if core.follower.as_ref().map(|f| &f.node) != want.as_ref() {
+        if let Some(f) = core.follower.take() {
+            forget(ctx, core, &f.node);
+        }
+        if let Some(node) = want {
             snapshot_to(ctx, core, &node);
             core.follower = Some(Follower { node, acked: 0 });
         }
-        None => {
-            let last = core.history.last_offset();
-            release(core, ctx, last);
-        }
+    }
+    if core.follower.is_none() {
+        // Nobody to wait for: one node, `replicas = 1`, or no peer that
+        // can follow. (Not reached while a peer's version is unknown.)
+        let last = core.history.last_offset();
+        release(core, ctx, last);
     }
 }
 
-/// (home) The follower's confirmation.
+/// (home) The follower's confirmation. Returns true when the follower
+/// refused: this node no longer holds the room, and must acquire it again
+/// (see `copy.rs`).
+#[must_use]
 pub(crate) fn on_appended(
     core: &mut RoomCore,
     ctx: &RoomContext,
@@ -474,32 +472,38 @@ pub(crate) fn on_appended(
     upto: u64,
     refused: bool,
     resend: bool,
-) {
+) -> bool {
     if !core.holds || core.history.epoch != epoch {
-        return;
+        return false;
     }
     let Some(f) = core.follower.as_mut().filter(|f| *f.node == *node) else {
-        return;
+        return false;
     };
     if refused {
-        // It holds this epoch too, or a copy of it that went further: one
-        // of the two is stale, and lengths cannot tell which (a stale
-        // holder may carry a longer unreleased tail). This node ends its
-        // epoch; its members are reset.
-        tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now");
+        // It holds this epoch too (it took the room over while this node
+        // was frozen or cut off), or a copy of it that went further. This
+        // node stops holding at once, so at most one node releases the
+        // epoch, and asks the refuser for the room like any new home:
+        // what it released, the refuser confirmed before, so its members
+        // continue in the fetched sequence. What it sequenced and nobody
+        // confirmed is dropped (its publishers got no `ok` and retry). If
+        // the refuser does not hold the room either, a new epoch.
+        tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now; fetching it");
         core.follower = None;
-        new_epoch(core, ctx, "follower_took_over");
-        return;
+        unhold(core, ctx);
+        core.holder_hint = Some(node.into());
+        return true;
     }
     if resend {
         snapshot_to(ctx, core, node);
-        return;
+        return false;
     }
     f.acked = f.acked.max(upto);
     let acked = f.acked;
     metrics::histogram!("switchboard_replication_lag_offsets")
         .record(core.history.last_offset().saturating_sub(acked) as f64);
     release(core, ctx, acked);
+    false
 }
 
 /// Starts a new epoch here: what was sequenced and not released is
