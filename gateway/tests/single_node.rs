@@ -1039,15 +1039,22 @@ async fn only_commands_that_wait_wake_a_session_and_order_holds() {
     while replies.len() < 3 {
         let ev = a.next_event(WAIT).await.unwrap();
         if let Some(id) = ev.u64("id") {
-            replies.push((id, ev.op().to_owned()));
+            replies.push((id, ev.op().to_owned(), ev.u64("offset")));
         }
     }
+    // Carried out in order: the presence answered before the pub went to
+    // the room, the pub sequenced at 2. The pong is the Session's own
+    // answer and may come before the room's `ok` for the pub (protocol.md,
+    // "Commands").
+    let at = |id: u64| replies.iter().position(|r| r.0 == id).unwrap();
+    assert!(at(101) < at(102), "{replies:?}");
+    replies.sort();
     assert_eq!(
         replies,
         [
-            (101, "ok".to_owned()),
-            (102, "ok".to_owned()),
-            (103, "pong".to_owned())
+            (101, "ok".to_owned(), None),
+            (102, "ok".to_owned(), Some(2)),
+            (103, "pong".to_owned(), None)
         ]
     );
     assert_eq!(s.metric("switchboard_session_actors").await, 1.0);
