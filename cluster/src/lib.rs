@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use ractor::ActorRef;
+use switchboard_telemetry::names;
 
 pub use membership::{start, ClusterSettings};
 pub use node_router::NodeRouterMsg;
@@ -237,7 +238,7 @@ impl Cluster {
     }
 
     fn nodes_changed(&self) {
-        metrics::gauge!("switchboard_cluster_nodes").set(self.view().nodes() as f64);
+        metrics::gauge!(names::CLUSTER_NODES).set(self.view().nodes() as f64);
     }
 
     /// Casts an encoded message to a peer; false if the peer is not live.
@@ -256,7 +257,7 @@ impl Cluster {
     /// [`CALL_TIMEOUT`]) for its encoded answer.
     pub async fn call(&self, node: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
         let router = self.router(node)?;
-        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out").increment(1);
+        metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "out").increment(1);
         match router
             .call(
                 |reply| NodeRouterMsg::Call(bytes, reply),
@@ -265,8 +266,7 @@ impl Cluster {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(reply)) => {
-                metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
-                    .increment(1);
+                metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "in").increment(1);
                 Some(reply)
             }
             _ => None,
@@ -307,7 +307,7 @@ impl Cluster {
 fn cast(router: &ActorRef<NodeRouterMsg>, bytes: Vec<u8>) -> bool {
     let ok = router.cast(NodeRouterMsg::Cast(bytes)).is_ok();
     if ok {
-        metrics::counter!("switchboard_cluster_messages_total", "direction" => "out").increment(1);
+        metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "out").increment(1);
     }
     ok
 }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::{NodeServerMessage, RactorClusterMessage};
+use switchboard_telemetry::names;
 
 use crate::wire::{self, Control};
 use crate::{Cluster, Inbound};
@@ -133,8 +134,7 @@ impl<A: Inbound> Actor for NodeRouter<A> {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeRouterMsg::Cast(bytes) => {
-                metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
-                    .increment(1);
+                metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "in").increment(1);
                 // Awaited here, so one peer's messages are handled in order.
                 match wire::variant(&bytes) {
                     Some("Leaving") => match wire::decode::<Control>(&bytes) {
@@ -153,8 +153,7 @@ impl<A: Inbound> Actor for NodeRouter<A> {
                 }
             }
             NodeRouterMsg::Call(bytes, reply) => {
-                metrics::counter!("switchboard_cluster_messages_total", "direction" => "in")
-                    .increment(1);
+                metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "in").increment(1);
                 let (cluster, app) = (state.cluster.clone(), state.app.clone());
                 // Answered off the router's loop: a call may wait on a room.
                 tokio::spawn(async move {

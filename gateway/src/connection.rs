@@ -14,6 +14,7 @@ use switchboard_protocol::frames::{
     OP_PONG, OP_TEXT,
 };
 use switchboard_protocol::{event, CloseCode, ConnId, ErrorCode, EventSink};
+use switchboard_telemetry::names;
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
@@ -71,8 +72,8 @@ pub async fn serve(
         node.clone(),
     ));
     node.conns.insert(id, out.clone());
-    metrics::gauge!("switchboard_connections").increment(1.0);
-    metrics::counter!("switchboard_connections_opened_total").increment(1);
+    metrics::gauge!(names::CONNECTIONS).increment(1.0);
+    metrics::counter!(names::CONNECTIONS_OPENED_TOTAL).increment(1);
     let hb = &node.settings.heartbeat;
     if endpoint == Endpoint::Ws {
         node.presence.connect(id, user.clone(), out.clone());
@@ -124,8 +125,8 @@ impl Drop for Finish {
         };
         self.conn.finish();
         self.node.conns.remove(&self.conn.id);
-        metrics::gauge!("switchboard_connections").decrement(1.0);
-        metrics::counter!("switchboard_connections_closed_total", "reason" => reason).increment(1);
+        metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+        metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
         tracing::debug!(conn = %self.conn.id, reason, "closed");
     }
 }
@@ -343,7 +344,7 @@ async fn handle_messages(inbound: &mut Inbound, conn: &Arc<Conn>, pending: &mut 
 /// Appends a batch: queued events as few binary messages, then the close.
 fn encode(batch: Batch, pending: &mut Pending) {
     if !batch.events.is_empty() {
-        let latency = metrics::histogram!("switchboard_publish_to_delivery_seconds");
+        let latency = metrics::histogram!(names::PUBLISH_TO_DELIVERY_SECONDS);
         let now = Instant::now();
         let mut events = batch.events.iter();
         while !events.as_slice().is_empty() {

@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use switchboard_protocol::{split_value, validate_room};
 use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
+use switchboard_telemetry::names;
 
 use crate::node::NodeCtx;
 
@@ -66,14 +67,14 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         }
         (&Method::GET, "/metrics") => {
             // Sampled when scraped: what a leak would show as growth.
-            metrics::gauge!("switchboard_session_actors").set(node.sessions.len() as f64);
-            metrics::gauge!("switchboard_tokio_tasks").set(
+            metrics::gauge!(names::SESSION_ACTORS).set(node.sessions.len() as f64);
+            metrics::gauge!(names::TOKIO_TASKS).set(
                 tokio::runtime::Handle::current()
                     .metrics()
                     .num_alive_tasks() as f64,
             );
             let queued: usize = node.conns.iter().map(|c| c.value().queued()).sum();
-            metrics::gauge!("switchboard_outbound_queued_events").set(queued as f64);
+            metrics::gauge!(names::OUTBOUND_QUEUED_EVENTS).set(queued as f64);
             let mut r = text(StatusCode::OK, node.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

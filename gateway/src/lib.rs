@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_config::Settings;
+use switchboard_telemetry::names;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +120,7 @@ async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken)
             }
         };
         if !per_address.allow(peer.ip(), std::time::Instant::now()) {
-            ::metrics::counter!("switchboard_connections_refused_total", "reason" => "address_rate")
+            ::metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "address_rate")
                 .increment(1);
             tokio::spawn(upgrade::refuse_busy(stream));
             continue;

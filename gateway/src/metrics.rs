@@ -1,9 +1,10 @@
-//! The Prometheus recorder and the metric names (part of the interface).
+//! The Prometheus recorder: its buckets and the series it shows from the
+//! first scrape (the names and their descriptions: `switchboard-telemetry`).
 
 use std::sync::{Mutex, PoisonError};
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard_telemetry::names;
 
 use crate::GatewayError;
 
@@ -28,88 +29,21 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full("switchboard_publish_to_delivery_seconds".into()),
+            Matcher::Full(names::PUBLISH_TO_DELIVERY_SECONDS.into()),
             LATENCY_BUCKETS,
         )
         .and_then(|b| {
             b.set_buckets_for_metric(
-                Matcher::Full("switchboard_replication_lag_offsets".into()),
+                Matcher::Full(names::REPLICATION_LAG_OFFSETS.into()),
                 LAG_BUCKETS,
             )
         })
         .and_then(|b| b.install_recorder())
         .map_err(|e| GatewayError::Start(format!("metrics: {e}")))?;
+    switchboard_telemetry::describe();
 
-    describe_gauge!("switchboard_connections", "Open WebSocket connections");
-    describe_counter!(
-        "switchboard_connections_opened_total",
-        "WebSocket connections opened"
-    );
-    describe_counter!(
-        "switchboard_connections_closed_total",
-        "WebSocket connections closed, by reason"
-    );
-    describe_gauge!("switchboard_rooms", "Rooms with members on this node");
-    describe_gauge!(
-        "switchboard_session_actors",
-        "Session actors running (parked sessions not counted), sampled at scrape"
-    );
-    describe_gauge!(
-        "switchboard_outbound_queued_events",
-        "Events queued for all connections and not yet written, sampled at scrape"
-    );
-    describe_gauge!(
-        "switchboard_tokio_tasks",
-        "Tasks alive in the node's runtime, sampled at scrape"
-    );
-    describe_counter!(
-        "switchboard_connections_refused_total",
-        "Connections refused before the upgrade, by reason (address_rate)"
-    );
-    describe_counter!(
-        "switchboard_messages_published_total",
-        "Room messages sequenced"
-    );
-    describe_counter!(
-        "switchboard_messages_delivered_total",
-        "Room messages queued to member connections"
-    );
-    describe_counter!(
-        "switchboard_slow_consumers_total",
-        "Connections closed because their outbound queue was full"
-    );
-    describe_counter!(
-        "switchboard_room_handovers_total",
-        "Rooms this node came to hold or gave up, by outcome: fetched, taken_over, kept, fresh, refused, handed_over"
-    );
-    describe_histogram!(
-        "switchboard_replication_lag_offsets",
-        "Offsets the home had sequenced beyond the follower's confirmation, at each confirmation"
-    );
-    describe_counter!(
-        "switchboard_room_resets_total",
-        "Times a room's members here were told its sequence restarted (reset), by reason"
-    );
-    describe_gauge!(
-        "switchboard_presence_users",
-        "Distinct users online on this node"
-    );
-    describe_gauge!(
-        "switchboard_cluster_nodes",
-        "Live cluster nodes, this one included"
-    );
-    describe_counter!(
-        "switchboard_cluster_messages_total",
-        "Messages between cluster nodes, by direction"
-    );
-    describe_histogram!(
-        "switchboard_publish_to_delivery_seconds",
-        Unit::Seconds,
-        "Time from a message's sequencing to its write to a member's socket"
-    );
-
-    metrics::gauge!("switchboard_connections").set(0.0);
-    metrics::counter!("switchboard_connections_opened_total").absolute(0);
+    metrics::gauge!(names::CONNECTIONS).set(0.0);
+    metrics::counter!(names::CONNECTIONS_OPENED_TOTAL).absolute(0);
     for reason in [
         "normal",
         "client_close",
@@ -118,22 +52,20 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         "policy",
         "draining",
     ] {
-        metrics::counter!("switchboard_connections_closed_total", "reason" => reason).absolute(0);
+        metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).absolute(0);
     }
-    metrics::counter!("switchboard_connections_refused_total", "reason" => "address_rate")
-        .absolute(0);
-    metrics::gauge!("switchboard_rooms").set(0.0);
-    metrics::counter!("switchboard_messages_published_total").absolute(0);
-    metrics::counter!("switchboard_messages_delivered_total").absolute(0);
-    metrics::counter!("switchboard_slow_consumers_total").absolute(0);
-    metrics::gauge!("switchboard_presence_users").set(0.0);
-    metrics::gauge!("switchboard_cluster_nodes").set(1.0);
+    metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "address_rate").absolute(0);
+    metrics::gauge!(names::ROOMS).set(0.0);
+    metrics::counter!(names::MESSAGES_PUBLISHED_TOTAL).absolute(0);
+    metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).absolute(0);
+    metrics::counter!(names::SLOW_CONSUMERS_TOTAL).absolute(0);
+    metrics::gauge!(names::PRESENCE_USERS).set(0.0);
+    metrics::gauge!(names::CLUSTER_NODES).set(1.0);
     for direction in ["in", "out"] {
-        metrics::counter!("switchboard_cluster_messages_total", "direction" => direction)
-            .absolute(0);
+        metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => direction).absolute(0);
     }
     // Registers the histogram (it renders with empty buckets until used).
-    let _ = metrics::histogram!("switchboard_publish_to_delivery_seconds");
+    let _ = metrics::histogram!(names::PUBLISH_TO_DELIVERY_SECONDS);
     *installed = Some(handle.clone());
     Ok(handle)
 }
@@ -155,7 +87,7 @@ mod tests {
                 "{text}"
             );
             assert!(
-                text.contains("switchboard_connections_opened_total"),
+                text.contains(super::names::CONNECTIONS_OPENED_TOTAL),
                 "{text}"
             );
         }

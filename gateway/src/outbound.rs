@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use switchboard_protocol::{Bytes, CloseCode, EventSink};
+use switchboard_telemetry::names;
 use tokio::sync::Notify;
 
 /// How the connection is to be closed.
@@ -103,7 +104,7 @@ impl Outbound {
             q.events.clear();
             q.closing = Some(Closing::Server(CloseCode::Policy, "slow consumer"));
             drop(q);
-            metrics::counter!("switchboard_slow_consumers_total").increment(1);
+            metrics::counter!(names::SLOW_CONSUMERS_TOTAL).increment(1);
             self.closed.store(true, Ordering::Release);
             self.ready.notify_one();
             return false;

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use switchboard_protocol::{event, Bytes, CloseCode, ConnId, EventSink, RoomSet};
+use switchboard_telemetry::names;
 
 use crate::handle::{Registry, RemoteUsers};
 use crate::replication::{PeerLink, Replication};
@@ -432,6 +433,6 @@ impl PresenceState {
 
     /// Distinct users online on this node (gauge).
     fn update_gauge(&self) {
-        metrics::gauge!("switchboard_presence_users").set(self.registry.len() as f64);
+        metrics::gauge!(names::PRESENCE_USERS).set(self.registry.len() as f64);
     }
 }

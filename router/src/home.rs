@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use switchboard_cluster::{Cluster, Home};
+use switchboard_telemetry::names;
 
 use crate::history::History;
 use crate::room::{dispatch, release, start_sync, Mode, RoomCore, RoomMsg, RoomState};
@@ -281,7 +282,7 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
                 "fresh"
             }
         };
-        metrics::counter!("switchboard_room_handovers_total", "outcome" => outcome).increment(1);
+        metrics::counter!(names::ROOM_HANDOVERS_TOTAL, "outcome" => outcome).increment(1);
         tracing::info!(room = %core.name, epoch = %core.history.epoch, offset = core.history.last_offset(), outcome, "room acquired");
         core.copies.clear();
         hold(&state.ctx, &state.core, &mut core);
@@ -352,7 +353,7 @@ pub(crate) fn hand_over(holder: &Holder, node: Arc<str>) -> RoomWire {
     if let Some(f) = core.follower.take() {
         forget(&ctx, &core, &f.node);
     }
-    metrics::counter!("switchboard_room_handovers_total", "outcome" => "handed_over").increment(1);
+    metrics::counter!(names::ROOM_HANDOVERS_TOTAL, "outcome" => "handed_over").increment(1);
     tracing::info!(room = %core.name, to = %node, epoch = %core.history.epoch, offset = core.history.last_offset(), "room handed over");
     if matches!(core.mode, Mode::Home { .. }) {
         let actor = ctx.map.get(&core.name).map(|a| a.clone());
@@ -500,7 +501,7 @@ pub(crate) fn on_appended(
     }
     f.acked = f.acked.max(upto);
     let acked = f.acked;
-    metrics::histogram!("switchboard_replication_lag_offsets")
+    metrics::histogram!(names::REPLICATION_LAG_OFFSETS)
         .record(core.history.last_offset().saturating_sub(acked) as f64);
     release(core, ctx, acked);
     false

@@ -16,6 +16,7 @@ use serde_bytes::ByteBuf;
 use switchboard_protocol::{event, Bytes, ConnId, ErrorCode, EventSink, Since};
 
 use switchboard_cluster::Home;
+use switchboard_telemetry::names;
 
 use crate::history::{History, Recovery};
 use crate::member::Member;
@@ -261,7 +262,7 @@ impl RoomCore {
             return;
         }
         tracing::info!(room = %self.name, members = self.members.len(), epoch, offset, reason, "room reset");
-        metrics::counter!("switchboard_room_resets_total", "reason" => reason).increment(1);
+        metrics::counter!(names::ROOM_RESETS_TOTAL, "reason" => reason).increment(1);
         let ev = event::reset(&self.name, epoch, offset);
         for slot in self.members.values_mut() {
             slot.member.sink.push(ev.clone());
@@ -424,7 +425,7 @@ fn is_home(core: &RoomCore) -> bool {
 
 pub(crate) fn add_member(core: &mut RoomCore, member: Member, delivered: u64) {
     if core.members.is_empty() {
-        metrics::gauge!("switchboard_rooms").increment(1.0);
+        metrics::gauge!(names::ROOMS).increment(1.0);
     }
     core.members.insert(member.conn, Slot { member, delivered });
 }
@@ -590,7 +591,7 @@ fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSin
     }
     let name = core.name.clone();
     if core.members.is_empty() {
-        metrics::gauge!("switchboard_rooms").decrement(1.0);
+        metrics::gauge!(names::ROOMS).decrement(1.0);
         if let Mode::Relay { home, .. } | Mode::Syncing { home, .. } = &core.mode {
             let msg = RoomWire::Unsubscribe {
                 room: name.to_string(),
@@ -669,7 +670,7 @@ fn sequence(state: &mut RoomState, req: PublishRequest) {
     let (offset, ev) = core.history.append(now, msg_id, |offset| {
         event::msg(&name, offset, &req.from, &req.data)
     });
-    metrics::counter!("switchboard_messages_published_total").increment(1);
+    metrics::counter!(names::MESSAGES_PUBLISHED_TOTAL).increment(1);
     core.waiting.push_back((offset, req.reply));
     match &core.follower {
         Some(f) => {
@@ -726,7 +727,7 @@ pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
             }
         }
     }
-    metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
+    metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).increment(delivered);
     let released = history.released();
     while waiting.front().is_some_and(|(o, _)| *o <= released) {
         if let Some((offset, reply)) = waiting.pop_front() {
@@ -837,7 +838,7 @@ fn relay(core: &mut RoomCore, epoch: String, offset: u64, ev: Bytes) -> Option<A
             delivered += 1;
         }
     }
-    metrics::counter!("switchboard_messages_delivered_total").increment(delivered);
+    metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).increment(delivered);
     None
 }
 

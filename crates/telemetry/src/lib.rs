@@ -1,0 +1,106 @@
+//! The metric names, one home for every crate that records them (they are
+//! part of the interface: dashboards and alert rules use them), and their
+//! descriptions. The gateway installs the recorder (`gateway/src/metrics.rs`).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+pub mod names {
+    /// Open WebSocket connections
+    pub const CONNECTIONS: &str = "switchboard_connections";
+    /// WebSocket connections opened
+    pub const CONNECTIONS_OPENED_TOTAL: &str = "switchboard_connections_opened_total";
+    /// WebSocket connections closed, by reason
+    pub const CONNECTIONS_CLOSED_TOTAL: &str = "switchboard_connections_closed_total";
+    /// Rooms with members on this node
+    pub const ROOMS: &str = "switchboard_rooms";
+    /// Session actors running (parked sessions not counted), sampled at scrape
+    pub const SESSION_ACTORS: &str = "switchboard_session_actors";
+    /// Events queued for all connections and not yet written, sampled at scrape
+    pub const OUTBOUND_QUEUED_EVENTS: &str = "switchboard_outbound_queued_events";
+    /// Tasks alive in the node's runtime, sampled at scrape
+    pub const TOKIO_TASKS: &str = "switchboard_tokio_tasks";
+    /// Connections refused before the upgrade, by reason (address_rate)
+    pub const CONNECTIONS_REFUSED_TOTAL: &str = "switchboard_connections_refused_total";
+    /// Room messages sequenced
+    pub const MESSAGES_PUBLISHED_TOTAL: &str = "switchboard_messages_published_total";
+    /// Room messages queued to member connections
+    pub const MESSAGES_DELIVERED_TOTAL: &str = "switchboard_messages_delivered_total";
+    /// Connections closed because their outbound queue was full
+    pub const SLOW_CONSUMERS_TOTAL: &str = "switchboard_slow_consumers_total";
+    /// Rooms this node came to hold or gave up, by outcome: fetched, taken_over, kept, fresh, refused, handed_over
+    pub const ROOM_HANDOVERS_TOTAL: &str = "switchboard_room_handovers_total";
+    /// Offsets the home had sequenced beyond the follower's confirmation, at each confirmation
+    pub const REPLICATION_LAG_OFFSETS: &str = "switchboard_replication_lag_offsets";
+    /// Times a room's members here were told its sequence restarted (reset), by reason
+    pub const ROOM_RESETS_TOTAL: &str = "switchboard_room_resets_total";
+    /// Distinct users online on this node
+    pub const PRESENCE_USERS: &str = "switchboard_presence_users";
+    /// Live cluster nodes, this one included
+    pub const CLUSTER_NODES: &str = "switchboard_cluster_nodes";
+    /// Messages between cluster nodes, by direction
+    pub const CLUSTER_MESSAGES_TOTAL: &str = "switchboard_cluster_messages_total";
+    /// Time from a message's sequencing to its write to a member's socket
+    pub const PUBLISH_TO_DELIVERY_SECONDS: &str = "switchboard_publish_to_delivery_seconds";
+}
+
+/// Registers every name's description (and unit) with the installed recorder.
+pub fn describe() {
+    describe_gauge!(names::CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(
+        names::CONNECTIONS_OPENED_TOTAL,
+        "WebSocket connections opened"
+    );
+    describe_counter!(
+        names::CONNECTIONS_CLOSED_TOTAL,
+        "WebSocket connections closed, by reason"
+    );
+    describe_gauge!(names::ROOMS, "Rooms with members on this node");
+    describe_gauge!(
+        names::SESSION_ACTORS,
+        "Session actors running (parked sessions not counted), sampled at scrape"
+    );
+    describe_gauge!(
+        names::OUTBOUND_QUEUED_EVENTS,
+        "Events queued for all connections and not yet written, sampled at scrape"
+    );
+    describe_gauge!(
+        names::TOKIO_TASKS,
+        "Tasks alive in the node's runtime, sampled at scrape"
+    );
+    describe_counter!(
+        names::CONNECTIONS_REFUSED_TOTAL,
+        "Connections refused before the upgrade, by reason (address_rate)"
+    );
+    describe_counter!(names::MESSAGES_PUBLISHED_TOTAL, "Room messages sequenced");
+    describe_counter!(
+        names::MESSAGES_DELIVERED_TOTAL,
+        "Room messages queued to member connections"
+    );
+    describe_counter!(
+        names::SLOW_CONSUMERS_TOTAL,
+        "Connections closed because their outbound queue was full"
+    );
+    describe_counter!(names::ROOM_HANDOVERS_TOTAL, "Rooms this node came to hold or gave up, by outcome: fetched, taken_over, kept, fresh, refused, handed_over");
+    describe_histogram!(
+        names::REPLICATION_LAG_OFFSETS,
+        "Offsets the home had sequenced beyond the follower's confirmation, at each confirmation"
+    );
+    describe_counter!(
+        names::ROOM_RESETS_TOTAL,
+        "Times a room's members here were told its sequence restarted (reset), by reason"
+    );
+    describe_gauge!(names::PRESENCE_USERS, "Distinct users online on this node");
+    describe_gauge!(
+        names::CLUSTER_NODES,
+        "Live cluster nodes, this one included"
+    );
+    describe_counter!(
+        names::CLUSTER_MESSAGES_TOTAL,
+        "Messages between cluster nodes, by direction"
+    );
+    describe_histogram!(
+        names::PUBLISH_TO_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from a message's sequencing to its write to a member's socket"
+    );
+}
