@@ -90,9 +90,18 @@ async fn soak() {
         ("SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS", "100000"),
     ]);
     let started = Instant::now();
-    // Warm: the runtime's threads and the allocator's first arenas.
-    drop(s.client("warm").await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Warm: the runtime's threads, the allocator's arenas and the node's
+    // tables at the size the soak needs (a table keeps its capacity when
+    // emptied; that is not a leak). Then a leak is what grows beyond this.
+    let mut warm = Vec::new();
+    for i in 0..n {
+        let mut c = s.client(&format!("w{i}")).await;
+        c.join(&format!("soak-{}", i / ROOM_SIZE)).await.unwrap();
+        warm.push(c);
+    }
+    drop(warm);
+    s.wait_metric("switchboard_connections", 0.0, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let base = sample(&s, started).await;
     report(&format!(
         "soak: {n} connections for {secs} s; baseline {base}"
