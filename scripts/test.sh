@@ -39,6 +39,18 @@ target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r te
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
 
+echo "== /metrics of a live node through promtool check metrics"
+SWITCHBOARD__HTTP__LISTEN=127.0.0.1:0 RUST_LOG=info target/debug/switchboard 2>target/metrics-node.log &
+node_pid=$!
+addr=""
+for _ in $(seq 100); do
+  addr=$(grep -v cluster target/metrics-node.log | grep -o 'listening.*addr=[0-9.:]*' | grep -o '[0-9.]*:[0-9]*$' | head -1 || true)
+  [ -n "$addr" ] && break; sleep 0.1
+done
+curl -sf "http://$addr/metrics" > target/metrics.txt
+kill "$node_pid"; wait "$node_pid" || true
+promtool check metrics < target/metrics.txt
+
 echo "== JavaScript SDK, the demo page's bundle, and the demo in Chromium"
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ]; then

@@ -66,6 +66,7 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             }
         }
         (&Method::GET, "/metrics") => {
+            crate::metrics::collect_process();
             // Sampled when scraped: what a leak would show as growth.
             metrics::gauge!(names::SESSION_ACTORS).set(node.sessions.len() as f64);
             metrics::gauge!(names::TOKIO_TASKS).set(

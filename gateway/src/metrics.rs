@@ -1,7 +1,7 @@
 //! The Prometheus recorder: its buckets and the series it shows from the
 //! first scrape (the names and their descriptions: `switchboard-telemetry`).
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_telemetry::names;
@@ -14,6 +14,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 const LAG_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
 ];
+
+/// The standard `process_*` series (resident memory, CPU seconds, open and
+/// maximum file descriptors, start time), read when scraped.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// Samples the process series; called on every scrape.
+pub fn collect_process() {
+    PROCESS.collect();
+}
 
 /// The recorder installed in this process, once it is.
 static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
@@ -41,6 +51,14 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| GatewayError::Start(format!("metrics: {e}")))?;
     switchboard_telemetry::describe();
+    PROCESS.describe();
+    PROCESS.collect();
+    metrics::gauge!(
+        names::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git" => env!("SWITCHBOARD_GIT"),
+    )
+    .set(1.0);
 
     metrics::gauge!(names::CONNECTIONS).set(0.0);
     metrics::counter!(names::CONNECTIONS_OPENED_TOTAL).absolute(0);

@@ -788,9 +788,22 @@ async fn metrics_exports_every_name() {
         "switchboard_cluster_nodes 1",
         "switchboard_cluster_messages_total{direction=\"in\"}",
         "switchboard_publish_to_delivery_seconds_bucket",
+        "switchboard_build_info{version=\"0.1.0\",git=\"",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
     ] {
         assert!(body.contains(name), "{name} missing from\n{body}");
     }
+    // Read at scrape: this process's own descriptors, a few at least.
+    let open_fds = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_open_fds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("process_open_fds has a value");
+    assert!(open_fds >= 3.0, "{open_fds}");
     assert_eq!(s.http("GET", "/healthz", &[], b"").await.0, 200);
     assert_eq!(s.http("GET", "/readyz", &[], b"").await.0, 200);
 }

@@ -5,6 +5,8 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 pub mod names {
+    /// 1, labelled with the build's `version` and `git` revision
+    pub const BUILD_INFO: &str = "switchboard_build_info";
     /// Open WebSocket connections
     pub const CONNECTIONS: &str = "switchboard_connections";
     /// WebSocket connections opened
@@ -45,6 +47,10 @@ pub mod names {
 
 /// Registers every name's description (and unit) with the installed recorder.
 pub fn describe() {
+    describe_gauge!(
+        names::BUILD_INFO,
+        "1, labelled with the build's version and git revision"
+    );
     describe_gauge!(names::CONNECTIONS, "Open WebSocket connections");
     describe_counter!(
         names::CONNECTIONS_OPENED_TOTAL,
