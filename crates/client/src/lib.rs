@@ -440,16 +440,22 @@ impl Client {
                     .ws
                     .write_frame(Frame::close_raw(Payload::Owned(payload.clone())))
                     .await;
-                let code = payload
-                    .get(..2)
-                    .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
-                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into();
+                let (code, reason) = close_code_and_reason(&payload);
                 Err(ClientError::Closed { code, reason })
             }
             OpCode::Text => Err(ClientError::Protocol("text frame from server".into())),
             _ => Ok(()),
         }
     }
+}
+
+/// A close frame's code and reason (1005, "no status", when it has none).
+fn close_code_and_reason(payload: &[u8]) -> (u16, String) {
+    let code = payload
+        .get(..2)
+        .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into();
+    (code, reason)
 }
 
 /// A command field: a value to encode, or MessagePack bytes to send as-is.

@@ -1121,11 +1121,7 @@ async fn read_one(mut reader: Reader) -> (Reader, Result<Incoming, ClientError>)
             OpCode::Binary => Ok(Incoming::Binary(Bytes::from(Vec::from(frame.payload)))),
             OpCode::Ping => Ok(Incoming::Ping(Vec::from(frame.payload))),
             OpCode::Close => {
-                let payload = Vec::from(frame.payload);
-                let code = payload
-                    .get(..2)
-                    .map_or(1005, |b| u16::from_be_bytes([b[0], b[1]]));
-                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into();
+                let (code, reason) = crate::close_code_and_reason(&frame.payload);
                 Ok(Incoming::Close { code, reason })
             }
             OpCode::Text => Err(ClientError::Protocol("text frame from server".into())),

@@ -4,44 +4,26 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
+/// What each name means is its description in [`describe`], written once.
 pub mod names {
-    /// 1, labelled with the build's `version` and `git` revision
     pub const BUILD_INFO: &str = "switchboard_build_info";
-    /// Open WebSocket connections
     pub const CONNECTIONS: &str = "switchboard_connections";
-    /// WebSocket connections opened
     pub const CONNECTIONS_OPENED_TOTAL: &str = "switchboard_connections_opened_total";
-    /// WebSocket connections closed, by reason
     pub const CONNECTIONS_CLOSED_TOTAL: &str = "switchboard_connections_closed_total";
-    /// Rooms with members on this node
     pub const ROOMS: &str = "switchboard_rooms";
-    /// Session actors running (parked sessions not counted), sampled at scrape
     pub const SESSION_ACTORS: &str = "switchboard_session_actors";
-    /// Events queued for all connections and not yet written, sampled at scrape
     pub const OUTBOUND_QUEUED_EVENTS: &str = "switchboard_outbound_queued_events";
-    /// Tasks alive in the node's runtime, sampled at scrape
     pub const TOKIO_TASKS: &str = "switchboard_tokio_tasks";
-    /// Connections refused before the upgrade, by reason (address_rate)
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "switchboard_connections_refused_total";
-    /// Room messages sequenced
     pub const MESSAGES_PUBLISHED_TOTAL: &str = "switchboard_messages_published_total";
-    /// Room messages queued to member connections
     pub const MESSAGES_DELIVERED_TOTAL: &str = "switchboard_messages_delivered_total";
-    /// Connections closed because their outbound queue was full
     pub const SLOW_CONSUMERS_TOTAL: &str = "switchboard_slow_consumers_total";
-    /// Rooms this node came to hold or gave up, by outcome: fetched, taken_over, kept, fresh, refused, handed_over
     pub const ROOM_HANDOVERS_TOTAL: &str = "switchboard_room_handovers_total";
-    /// Offsets the home had sequenced beyond the follower's confirmation, at each confirmation
     pub const REPLICATION_LAG_OFFSETS: &str = "switchboard_replication_lag_offsets";
-    /// Times a room's members here were told its sequence restarted (reset), by reason
     pub const ROOM_RESETS_TOTAL: &str = "switchboard_room_resets_total";
-    /// Distinct users online on this node
     pub const PRESENCE_USERS: &str = "switchboard_presence_users";
-    /// Live cluster nodes, this one included
     pub const CLUSTER_NODES: &str = "switchboard_cluster_nodes";
-    /// Messages between cluster nodes, by direction
     pub const CLUSTER_MESSAGES_TOTAL: &str = "switchboard_cluster_messages_total";
-    /// Time from a message's sequencing to its write to a member's socket
     pub const PUBLISH_TO_DELIVERY_SECONDS: &str = "switchboard_publish_to_delivery_seconds";
 }
 
