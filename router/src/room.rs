@@ -470,14 +470,8 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                     Recovery::Lost => (Some(false), Vec::new()),
                 },
             };
-            if id != 0 {
-                member
-                    .sink
-                    .push(event::ok_join(id, &name, &history.epoch, last, recovered));
-            }
-            for ev in replay {
-                member.sink.push(ev.clone());
-            }
+            let ok = (id != 0).then(|| event::ok_join(id, &name, &history.epoch, last, recovered));
+            push_joined(&*member.sink, ok, replay.iter().map(|ev| &ev[..]));
             add_member(&mut core, member.clone(), last);
         }
         Home::Remote(home) => {
@@ -542,14 +536,9 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
                                     last: offset,
                                 };
                             }
-                            if id != 0 {
-                                member
-                                    .sink
-                                    .push(event::ok_join(id, &name, &epoch, offset, recovered));
-                            }
-                            for ev in replay {
-                                member.sink.push(Bytes::from(ev.into_vec()));
-                            }
+                            let ok = (id != 0)
+                                .then(|| event::ok_join(id, &name, &epoch, offset, recovered));
+                            push_joined(&*member.sink, ok, replay.iter().map(|ev| &ev[..]));
                             (epoch, offset)
                         }
                         other => {
@@ -568,6 +557,28 @@ async fn join(state: &mut RoomState, req: JoinRequest) {
 }
 
 /// The room's home could not take the join: the client retries.
+/// A join's answer and its replay, as one queued event (the maps
+/// concatenated): a member that resumes takes one place in its outbound
+/// queue, however much it missed, so a replay of up to `history.size`
+/// messages never makes it a slow consumer.
+fn push_joined<'a>(
+    sink: &dyn EventSink,
+    ok: Option<Bytes>,
+    replay: impl ExactSizeIterator<Item = &'a [u8]>,
+) {
+    if replay.len() == 0 {
+        if let Some(ok) = ok {
+            sink.push(ok);
+        }
+        return;
+    }
+    let mut joined = ok.map(Vec::from).unwrap_or_default();
+    for ev in replay {
+        joined.extend_from_slice(ev);
+    }
+    sink.push(Bytes::from(joined));
+}
+
 fn refuse_join(member: Member, id: u64, refused: Option<Box<dyn FnOnce() + Send>>) {
     // Before the answer: the client may send its next join as soon as it
     // reads it.

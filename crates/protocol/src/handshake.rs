@@ -1,5 +1,6 @@
 //! The WebSocket opening handshake (RFC 6455 section 4): the request head a
-//! client sends to `/ws`, parsed here without I/O, and the `101` answer.
+//! client sends to `/ws` (or `/sse`), parsed here without I/O, and the `101`
+//! answer.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -28,6 +29,8 @@ pub struct RequestHead {
     /// Every protocol named in `Sec-WebSocket-Protocol` headers.
     pub subprotocols: Vec<String>,
     pub authorization: Option<String>,
+    /// `Last-Event-ID`: where a Server-Sent Events stream resumes.
+    pub last_event_id: Option<String>,
 }
 
 /// Why a request head cannot be parsed.
@@ -79,6 +82,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
             .filter(|p| !p.is_empty())
             .collect(),
         authorization: first("authorization"),
+        last_event_id: first("last-event-id"),
     }))
 }
 
