@@ -47,6 +47,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub shutdown: ShutdownSettings,
     pub session: SessionSettings,
+    pub sse: SseSettings,
+    pub poll: PollSettings,
     pub debug: DebugSettings,
 }
 
@@ -299,6 +301,56 @@ impl SessionSettings {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSettings {
+    /// A comment line is sent on an idle stream this often (at most every
+    /// `heartbeat.interval_ms`), so that proxies that cut idle responses keep
+    /// it open.
+    pub keepalive_ms: u64,
+    /// The `retry:` a stream announces, plus up to 50 % jitter: how long a
+    /// browser waits before reconnecting after the stream ends.
+    pub retry_ms: u64,
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        Self {
+            keepalive_ms: 15_000,
+            retry_ms: 2_000,
+        }
+    }
+}
+
+impl Settings {
+    /// `sse.keepalive_ms`, at most `heartbeat.interval_ms`: a stream counts
+    /// as alive for presence at each keepalive it gets out.
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_millis(self.sse.keepalive_ms.min(self.heartbeat.interval_ms))
+    }
+
+    /// `poll.timeout_ms`, at most half of `heartbeat.timeout_ms`: a poll
+    /// session is expired by the same silence as a connection, so a held
+    /// poll must be answered well before it.
+    pub fn poll_timeout(&self) -> Duration {
+        Duration::from_millis(self.poll.timeout_ms.min(self.heartbeat.timeout_ms / 2))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollSettings {
+    /// How long a poll with nothing to answer is held before it is answered
+    /// with no events (at most half of `heartbeat.timeout_ms`).
+    pub timeout_ms: u64,
+}
+
+impl Default for PollSettings {
+    fn default() -> Self {
+        Self { timeout_ms: 25_000 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugSettings {
@@ -405,6 +457,24 @@ impl Settings {
                     "{}: must be greater than heartbeat.interval_ms ({})",
                     hb.timeout_ms, hb.interval_ms
                 ),
+            );
+        }
+        if self.sse.keepalive_ms < 100 {
+            return err(
+                "sse.keepalive_ms",
+                format!("{}: must be at least 100", self.sse.keepalive_ms),
+            );
+        }
+        if !(100..=600_000).contains(&self.sse.retry_ms) {
+            return err(
+                "sse.retry_ms",
+                format!("{}: must be 100 to 600000", self.sse.retry_ms),
+            );
+        }
+        if self.poll.timeout_ms < 100 {
+            return err(
+                "poll.timeout_ms",
+                format!("{}: must be at least 100", self.poll.timeout_ms),
             );
         }
         if self.history.size > 1_000_000 {

@@ -127,7 +127,7 @@ fn token(query: Option<&str>, authorization: Option<&str>) -> Result<Option<Stri
 /// The first value of a query parameter, percent-decoded.
 /// A value that is not UTF-8 once decoded is refused, not ignored: a client
 /// that meant to say who it is must not silently become anonymous.
-fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, AuthError> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, AuthError> {
     let Some(raw) = query.and_then(|q| {
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

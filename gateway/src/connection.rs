@@ -22,6 +22,7 @@ use crate::node::NodeCtx;
 use crate::outbound::{Batch, Closing, Outbound};
 use crate::ratelimit::TokenBucket;
 use crate::session::{Conn, CLOSE_GRACE};
+use crate::transport::{Registration, Transport};
 
 /// Largest WebSocket message the writer builds from coalesced events.
 const COALESCE_BYTES: usize = 256 * 1024;
@@ -71,9 +72,8 @@ pub async fn serve(
         identity.grants,
         node.clone(),
     ));
-    node.conns.insert(id, out.clone());
-    metrics::gauge!(names::CONNECTIONS).increment(1.0);
-    metrics::counter!(names::CONNECTIONS_OPENED_TOTAL).increment(1);
+    // Runs the cleanup even if this task panics.
+    let registration = Registration::new(conn.clone(), Transport::Ws);
     let hb = &node.settings.heartbeat;
     if endpoint == Endpoint::Ws {
         node.presence.connect(id, user.clone(), out.clone());
@@ -92,43 +92,13 @@ pub async fn serve(
         reader.push(&read);
     }
     drop(read);
-    // Runs the cleanup even if this task panics.
-    let guard = Finish {
-        conn: conn.clone(),
-        node: node.clone(),
-    };
     let mut inbound = Inbound {
         reader,
         pings: TokenBucket::new(limits.pings_per_s, limits.pings_per_s.saturating_mul(2)),
         endpoint,
     };
     run(&stream, &mut inbound, &conn, hb.interval(), response).await;
-    drop(guard);
-}
-
-/// Leaves rooms and presence and updates the metrics when a connection ends.
-struct Finish {
-    conn: Arc<Conn>,
-    node: Arc<NodeCtx>,
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        let out = &self.conn.out;
-        let reason = match out.closing_reason() {
-            Some(Closing::Server(code, _)) => code.label(),
-            Some(Closing::Echo(_)) => "client_close",
-            None => {
-                out.close(CloseCode::Normal, "");
-                "client_gone"
-            }
-        };
-        self.conn.finish();
-        self.node.conns.remove(&self.conn.id);
-        metrics::gauge!(names::CONNECTIONS).decrement(1.0);
-        metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
-        tracing::debug!(conn = %self.conn.id, reason, "closed");
-    }
+    drop(registration);
 }
 
 /// What the connection is writing.

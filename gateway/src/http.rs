@@ -11,10 +11,11 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use switchboard_protocol::{split_value, validate_room};
+use switchboard_protocol::{split_value, validate_room, CommandKind};
 use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
 use switchboard_telemetry::names;
 
+use crate::auth::{AuthError, Identity, RoomGrants};
 use crate::node::NodeCtx;
 
 type Resp = Response<Full<Bytes>>;
@@ -55,6 +56,25 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade must be the connection's first request",
         ),
+        // Like `/ws`, `/sse` is answered before hyper sees the connection.
+        (&Method::GET, "/sse") => text(
+            StatusCode::BAD_REQUEST,
+            "an event stream must be the connection's first request",
+        ),
+        (&Method::GET, "/poll") => {
+            let query = req.uri().query();
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match crate::poll::poll(&node, query, auth).await {
+                Ok(body) => json(StatusCode::OK, &body),
+                Err(r) => json_error(
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    r.reason,
+                ),
+            }
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
             if node.is_ready() {
@@ -96,9 +116,13 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                 }),
             ),
         },
-        (&Method::POST, "/api/publish") => match check_api_key(&node, &req) {
+        (&Method::POST, "/api/publish") => match caller(&node, &req) {
             Err(r) => *r,
-            Ok(()) => publish(node, req).await,
+            Ok(caller) => publish(node, caller, req).await,
+        },
+        (&Method::POST, "/api/send") => match caller(&node, &req) {
+            Err(r) => *r,
+            Ok(caller) => send(node, caller, req).await,
         },
         (&Method::GET, p) if room_in(p, "/api/rooms/", "/presence").is_some() => {
             match check_api_key(&node, &req) {
@@ -130,6 +154,97 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
 /// says what is wrong with it); `None` if the path has another shape.
 fn room_in<'a>(path: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
     path.strip_prefix(prefix)?.strip_suffix(suffix)
+}
+
+/// Who calls `publish` or `send`: the server side (the API key), or a
+/// client with its own token, which publishes as its user, within its rooms
+/// claim and its user's publish rate.
+enum Caller {
+    Server,
+    Client {
+        user: Arc<str>,
+        grants: Option<Arc<RoomGrants>>,
+    },
+}
+
+impl Caller {
+    fn from(&self) -> Arc<str> {
+        match self {
+            Caller::Server => "api".into(),
+            Caller::Client { user, .. } => user.clone(),
+        }
+    }
+
+    /// A client may use a room its claim allows, at its publish rate.
+    fn check(&self, node: &NodeCtx, room: Option<&str>) -> Result<(), Box<Resp>> {
+        let Caller::Client { user, grants } = self else {
+            return Ok(());
+        };
+        if let (Some(room), Some(g)) = (room, grants) {
+            if !g.allows(room) {
+                return Err(Box::new(json_error(
+                    StatusCode::FORBIDDEN,
+                    format!("room: {room:?} is not allowed by the token's rooms claim"),
+                )));
+            }
+        }
+        if !node.publish_allowed(user) {
+            let l = &node.settings.limits;
+            return Err(Box::new(json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "rate: publish_per_s limit ({}/s, burst {}) exceeded; not published",
+                    l.publish_per_s, l.publish_burst
+                ),
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn caller(node: &NodeCtx, req: &Request<Incoming>) -> Result<Caller, Box<Resp>> {
+    match check_api_key(node, req) {
+        Ok(()) => {
+            // An open API (`auth.mode = "none"`, no key) sends as `?user=`.
+            let user = crate::auth::query_param(req.uri().query(), "user")
+                .ok()
+                .flatten();
+            match user {
+                Some(u) if node.settings.api.key.is_none() => {
+                    switchboard_protocol::validate_user(&u).map_err(|e| {
+                        Box::new(json_error(StatusCode::BAD_REQUEST, format!("user: {e}")))
+                    })?;
+                    Ok(Caller::Client {
+                        user: u.into(),
+                        grants: None,
+                    })
+                }
+                _ => Ok(Caller::Server),
+            }
+        }
+        Err(refusal) if node.settings.auth.mode == switchboard_config::AuthMode::Jwt => {
+            let authorization = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match node.auth.authenticate(req.uri().query(), authorization) {
+                Ok(Identity {
+                    user: Some(user),
+                    grants,
+                }) => Ok(Caller::Client {
+                    user: user.into(),
+                    grants,
+                }),
+                Ok(_) => Err(refusal),
+                Err(AuthError::MissingToken) => Err(refusal),
+                Err(e) => Err(Box::new(json_error(
+                    StatusCode::UNAUTHORIZED,
+                    format!("neither the api key nor a valid client token: {e}"),
+                ))),
+            }
+        }
+        Err(refusal) => Err(refusal),
+    }
 }
 
 fn check_api_key(node: &NodeCtx, req: &Request<Incoming>) -> Result<(), Box<Resp>> {
@@ -177,24 +292,16 @@ struct JsonPublish {
 
 /// `POST /api/publish`: `{"room","data"}` as JSON, or as a MessagePack map
 /// (`Content-Type: application/msgpack`), whose `data` is kept byte for byte.
-async fn publish(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
-    let msgpack = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("msgpack"));
-    let limit = node.settings.limits.max_frame_bytes;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than limits.max_frame_bytes ({limit})"),
-            )
-        }
+async fn publish(node: Arc<NodeCtx>, caller: Caller, req: Request<Incoming>) -> Resp {
+    let (body, msgpack) = match read_body(&node, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let parsed = if msgpack {
-        parse_msgpack_publish(&body)
+        parse_msgpack_command(&body, "pub").and_then(|k| match k {
+            CommandKind::Pub { room, data, msg_id } => Ok((room, data, msg_id)),
+            _ => Err("body: not a publish".into()),
+        })
     } else {
         parse_json_publish(&body)
     };
@@ -205,9 +312,12 @@ async fn publish(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
     if let Err(e) = validate_room(&room) {
         return json_error(StatusCode::BAD_REQUEST, format!("room: {e}"));
     }
+    if let Err(r) = caller.check(&node, Some(&room)) {
+        return *r;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let req = PublishRequest {
-        from: "api".into(),
+        from: caller.from(),
         data,
         msg_id,
         reply: PublishReply::Offset(tx),
@@ -229,35 +339,94 @@ async fn publish(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// The body (at most `limits.max_frame_bytes`), and whether it is MessagePack.
+async fn read_body(node: &NodeCtx, req: Request<Incoming>) -> Result<(Bytes, bool), Resp> {
+    let msgpack = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("msgpack"));
+    let limit = node.settings.limits.max_frame_bytes;
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok((b.to_bytes(), msgpack)),
+        Err(_) => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than limits.max_frame_bytes ({limit})"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonSend {
+    to: String,
+    data: serde_json::Value,
+}
+
+/// `POST /api/send`: `{"to","data"}` as JSON or MessagePack, a `dm` to
+/// every connection of the user, cluster-wide.
+async fn send(node: Arc<NodeCtx>, caller: Caller, req: Request<Incoming>) -> Resp {
+    let (body, msgpack) = match read_body(&node, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = if msgpack {
+        parse_msgpack_command(&body, "send").and_then(|k| match k {
+            CommandKind::Send { to, data } => Ok((to, data)),
+            _ => Err("body: not a send".into()),
+        })
+    } else {
+        serde_json::from_slice::<JsonSend>(&body)
+            .map_err(|e| format!("body: {e}"))
+            .and_then(|s| {
+                let data = rmp_serde::to_vec(&s.data).map_err(|e| format!("data: {e}"))?;
+                Ok((s.to, Bytes::from(data)))
+            })
+    };
+    let (to, data) = match parsed {
+        Ok(p) => p,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = switchboard_protocol::validate_user(&to) {
+        return json_error(StatusCode::BAD_REQUEST, format!("to: {e}"));
+    }
+    if let Err(r) = caller.check(&node, None) {
+        return *r;
+    }
+    match crate::node::send_dm(&node, &caller.from(), &to, &data).await {
+        0 => json_error(
+            StatusCode::NOT_FOUND,
+            format!("to: user {to:?} is not online"),
+        ),
+        n => json(StatusCode::OK, &serde_json::json!({ "delivered": n })),
+    }
+}
+
 fn parse_json_publish(body: &[u8]) -> Result<(String, Bytes, Option<String>), String> {
     let p: JsonPublish = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
     let data = rmp_serde::to_vec(&p.data).map_err(|e| format!("data: {e}"))?;
     Ok((p.room, Bytes::from(data), p.msg_id))
 }
 
-fn parse_msgpack_publish(body: &Bytes) -> Result<(String, Bytes, Option<String>), String> {
+/// A MessagePack map that is a command without its `op`: `op` is added and
+/// the command decoder checks the rest exactly as for WebSocket clients.
+fn parse_msgpack_command(body: &Bytes, op: &str) -> Result<CommandKind, String> {
     let (value, rest) = split_value(body).map_err(|e| format!("body: {e}"))?;
     if !rest.is_empty() {
         return Err("body: one MessagePack map expected".into());
     }
-    // The body is a `pub` without `op`: add it, and let the command decoder
-    // check the rest exactly as it does for WebSocket clients.
     let mut fields = value;
     let entries = rmp::decode::read_map_len(&mut fields)
         .map_err(|_| "body: a MessagePack map expected".to_owned())?;
     let mut cmd = Vec::with_capacity(value.len() + 12);
     rmp::encode::write_map_len(&mut cmd, entries + 1).map_err(|e| e.to_string())?;
     rmp::encode::write_str(&mut cmd, "op").map_err(|e| e.to_string())?;
-    rmp::encode::write_str(&mut cmd, "pub").map_err(|e| e.to_string())?;
+    rmp::encode::write_str(&mut cmd, op).map_err(|e| e.to_string())?;
     cmd.extend_from_slice(fields);
     let cmd = Bytes::from(cmd);
     match switchboard_protocol::decode_commands(&cmd).next() {
-        Some(Ok(switchboard_protocol::Command {
-            kind: switchboard_protocol::CommandKind::Pub { room, data, msg_id },
-            ..
-        })) => Ok((room, data, msg_id)),
+        Some(Ok(c)) => Ok(c.kind),
         Some(Err(e)) => Err(e.reason),
-        _ => Err("body: not a publish".into()),
+        None => Err(format!("body: not a {op}")),
     }
 }
 

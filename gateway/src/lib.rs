@@ -1,7 +1,8 @@
 //! The Switchboard gateway node.
 //!
 //! [`run`] serves one node until it is told to stop: the HTTP listener
-//! (`/ws`, `/healthz`, `/readyz`, `/metrics`, the server API) and the actors
+//! (`/ws`, `/sse`, `/poll`, `/healthz`, `/readyz`, `/metrics`, the server
+//! API) and the actors
 //! behind it:
 //!
 //! ```text
@@ -23,12 +24,16 @@
 pub mod auth;
 mod connection;
 mod demo;
+mod feed;
 mod http;
 mod metrics;
 mod node;
 pub mod outbound;
+mod poll;
 mod ratelimit;
 mod session;
+mod sse;
+mod transport;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -89,10 +94,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     // and `/metrics` can still be scraped; `/ws` refuses upgrades meanwhile.
     let stop_accepting = CancellationToken::new();
     let acceptor = tokio::spawn(accept_loop(listener, node.clone(), stop_accepting.clone()));
+    // Poll sessions end while the node drains too: reaped until it stops.
+    let reaper = tokio::spawn(poll::reap(node.clone(), stop_accepting.clone()));
     shutdown.cancelled().await;
     node.drain(drain).await;
     stop_accepting.cancel();
     let _ = acceptor.await;
+    let _ = reaper.await;
+    node.polls.clear();
     root.stop(None);
     let _ = upkeep.await;
     tracing::info!("stopped");

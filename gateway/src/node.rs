@@ -36,6 +36,11 @@ pub struct NodeCtx {
     pub auth: Authenticator,
     /// Open connections, for draining.
     pub conns: DashMap<ConnId, Arc<Outbound>>,
+    /// Publish rate of clients using the HTTP API with their own token, per
+    /// user; full buckets are forgotten.
+    pub publish_buckets: DashMap<Arc<str>, crate::ratelimit::TokenBucket>,
+    /// Long-polling sessions, by their cursor's session id.
+    pub polls: DashMap<ConnId, Arc<crate::poll::PollSession>>,
     /// Running Session actors, so that a failed one's connection is closed.
     pub sessions: Arc<DashMap<ActorId, Arc<Conn>>>,
     /// Supervisor of the Session actors.
@@ -134,7 +139,24 @@ impl Inbound for App {
 
 /// Asks `node` to deliver a direct message to `to`'s connections there;
 /// how many connections got it.
-pub async fn dm_remote(cluster: &Cluster, node: &str, to: &str, event: &[u8]) -> u64 {
+/// Sends `data` as a `dm` from `from` to every connection of user `to`,
+/// on every node; how many got it.
+pub async fn send_dm(node: &NodeCtx, from: &str, to: &str, data: &[u8]) -> u64 {
+    let dm = switchboard_protocol::event::dm(from, data);
+    let mut delivered = node.presence.send(to, &dm);
+    // Once to each other node where the user has connections, all at once.
+    let mut calls = tokio::task::JoinSet::new();
+    for peer in node.presence.nodes_of(to) {
+        let (cluster, to, dm) = (node.cluster.clone(), to.to_owned(), dm.clone());
+        calls.spawn(async move { dm_remote(&cluster, &peer, &to, &dm).await });
+    }
+    while let Some(n) = calls.join_next().await {
+        delivered += n.unwrap_or(0);
+    }
+    delivered
+}
+
+async fn dm_remote(cluster: &Cluster, node: &str, to: &str, event: &[u8]) -> u64 {
     let req = PresenceWire::Dm {
         to: to.to_owned(),
         event: event.to_vec(),
@@ -296,6 +318,8 @@ pub async fn start(
         node_router,
         auth,
         conns: DashMap::new(),
+        polls: DashMap::new(),
+        publish_buckets: DashMap::new(),
         sessions,
         connections,
         draining: AtomicBool::new(false),
@@ -310,6 +334,16 @@ pub async fn start(
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl NodeCtx {
+    /// Takes one publication from a user's HTTP API allowance.
+    pub fn publish_allowed(&self, user: &Arc<str>) -> bool {
+        let l = &self.settings.limits;
+        let now = std::time::Instant::now();
+        self.publish_buckets
+            .entry(user.clone())
+            .or_insert_with(|| crate::ratelimit::TokenBucket::new(l.publish_per_s, l.publish_burst))
+            .take(now)
+    }
+
     /// Serving: not draining, and (in a cluster) the seeds have been tried.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(std::sync::atomic::Ordering::SeqCst)

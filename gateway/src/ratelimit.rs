@@ -37,7 +37,7 @@ impl TokenBucket {
 
 impl TokenBucket {
     /// Whether the bucket has refilled completely (it can be forgotten).
-    fn is_full(&self, now: Instant) -> bool {
+    pub fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens + elapsed * self.rate >= self.burst
     }

@@ -91,6 +91,10 @@ impl Conn {
         }
     }
 
+    pub fn node(&self) -> &Arc<NodeCtx> {
+        &self.node
+    }
+
     fn sink(&self) -> Arc<dyn EventSink> {
         self.out.clone()
     }
@@ -183,7 +187,7 @@ impl Conn {
         }
     }
 
-    async fn handle_commands(&self, commands: Vec<Result<Command, CommandError>>) {
+    pub async fn handle_commands(&self, commands: Vec<Result<Command, CommandError>>) {
         for cmd in commands {
             let result = match cmd {
                 Ok(cmd) => self.handle(cmd).await,
@@ -296,20 +300,7 @@ impl Conn {
                     .map_err(|e| unavailable(&e))?;
             }
             CommandKind::Send { to, data } => {
-                let dm = event::dm(&self.user, &data);
-                let mut delivered = self.node.presence.send(&to, &dm);
-                // Once to each other node where the user has connections,
-                // all at once.
-                let mut calls = tokio::task::JoinSet::new();
-                for node in self.node.presence.nodes_of(&to) {
-                    let (cluster, to, dm) = (self.node.cluster.clone(), to.clone(), dm.clone());
-                    calls.spawn(
-                        async move { crate::node::dm_remote(&cluster, &node, &to, &dm).await },
-                    );
-                }
-                while let Some(n) = calls.join_next().await {
-                    delivered += n.unwrap_or(0);
-                }
+                let delivered = crate::node::send_dm(&self.node, &self.user, &to, &data).await;
                 if delivered == 0 {
                     return Err(CommandError::new(
                         id,

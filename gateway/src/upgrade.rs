@@ -16,8 +16,9 @@ use switchboard_protocol::SUBPROTOCOL;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::auth::Identity;
+use crate::auth::{query_param, Identity};
 use crate::connection::{self, Endpoint};
+use crate::feed::Feed;
 use crate::{http, Node};
 
 /// Serves one accepted TCP connection until it closes.
@@ -38,6 +39,9 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             return;
         }
     };
+    if head.path == "/sse" && head.method == "GET" {
+        return sse(stream, buf, head, node).await;
+    }
     let endpoint = match head.path.as_str() {
         "/ws" => Endpoint::Ws,
         "/echo" if node.settings.debug.echo => Endpoint::Echo,
@@ -62,6 +66,31 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             reason,
             headers,
         }) => refuse(&mut stream, status, &reason, headers).await,
+    }
+}
+
+/// `GET /sse`: checked here, like an upgrade, so that a stream holds no
+/// HTTP state for its life.
+async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node) {
+    let checked = Feed::parse(&node, head.query.as_deref(), head.authorization.as_deref())
+        .and_then(|feed| {
+            // The header wins: it is what a browser's EventSource sends.
+            let query_id = query_param(head.query.as_deref(), "last_event_id").map_err(|e| {
+                crate::feed::Refused {
+                    status: 400,
+                    reason: e.to_string(),
+                }
+            })?;
+            let id = head.last_event_id.clone().or(query_id);
+            let from = feed.positions(id.as_deref().filter(|i| !i.is_empty()), "Last-Event-ID")?;
+            Ok((feed, from))
+        });
+    drop((buf, head));
+    match checked {
+        Ok((feed, from)) => {
+            tokio::spawn(crate::sse::serve(node, stream, feed, from));
+        }
+        Err(e) => refuse(&mut stream, e.status, &e.reason, "").await,
     }
 }
 
@@ -143,6 +172,7 @@ fn closing_response(status: u16, reason: &str, headers: &str) -> String {
     let text = match status {
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
