@@ -195,7 +195,8 @@ async fn many_rooms_on_one_node_and_all_retire_after_the_clients_leave() {
     clients[7].publish("room-7-99", "x".into()).await.unwrap();
 
     drop(clients);
-    s.wait_metric("switchboard_connections", 0.0, WAIT).await;
+    s.wait_metric("switchboard_connections{transport=\"ws\"}", 0.0, WAIT)
+        .await;
     s.wait_metric("switchboard_rooms", 0.0, Duration::from_secs(15))
         .await;
     s.wait_metric("switchboard_presence_users", 0.0, WAIT).await;

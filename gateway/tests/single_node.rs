@@ -777,8 +777,8 @@ async fn metrics_exports_every_name() {
     let (status, body) = s.http("GET", "/metrics", &[], b"").await;
     assert_eq!(status, 200);
     for name in [
-        "switchboard_connections ",
-        "switchboard_connections_opened_total ",
+        "switchboard_connections{transport=\"ws\"} 1",
+        "switchboard_connections_opened_total{transport=\"ws\"} 1",
         "switchboard_connections_closed_total{reason=",
         "switchboard_rooms ",
         "switchboard_messages_published_total 1",

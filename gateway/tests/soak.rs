@@ -66,7 +66,7 @@ async fn sample(s: &Server, started: Instant) -> Sample {
         open_files: s.open_files(),
         tasks: s.metric("switchboard_tokio_tasks").await,
         sessions: s.metric("switchboard_session_actors").await,
-        connections: s.metric("switchboard_connections").await,
+        connections: s.metric("switchboard_connections{transport=\"ws\"}").await,
         rooms: s.metric("switchboard_rooms").await,
         presence_users: s.metric("switchboard_presence_users").await,
         queued: s.metric("switchboard_outbound_queued_events").await,
@@ -100,7 +100,8 @@ async fn soak() {
         warm.push(c);
     }
     drop(warm);
-    s.wait_metric("switchboard_connections", 0.0, WAIT).await;
+    s.wait_metric("switchboard_connections{transport=\"ws\"}", 0.0, WAIT)
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = sample(&s, started).await;
     report(&format!(
@@ -143,7 +144,8 @@ async fn soak() {
     assert!(received.load(Ordering::Relaxed) > 0, "no traffic");
 
     // Everything the clients held must be gone.
-    s.wait_metric("switchboard_connections", 0.0, WAIT).await;
+    s.wait_metric("switchboard_connections{transport=\"ws\"}", 0.0, WAIT)
+        .await;
     s.wait_metric("switchboard_session_actors", 0.0, Duration::from_secs(10))
         .await;
     s.wait_metric("switchboard_presence_users", 0.0, WAIT).await;

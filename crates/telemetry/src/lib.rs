@@ -33,14 +33,17 @@ pub fn describe() {
         names::BUILD_INFO,
         "1, labelled with the build's version and git revision"
     );
-    describe_gauge!(names::CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(
+        names::CONNECTIONS,
+        "Open connections, by transport (ws, sse, poll: a poll session counts as one)"
+    );
     describe_counter!(
         names::CONNECTIONS_OPENED_TOTAL,
-        "WebSocket connections opened"
+        "Connections opened, by transport"
     );
     describe_counter!(
         names::CONNECTIONS_CLOSED_TOTAL,
-        "WebSocket connections closed, by reason"
+        "Connections closed, by reason and transport"
     );
     describe_gauge!(names::ROOMS, "Rooms with members on this node");
     describe_gauge!(
