@@ -33,6 +33,7 @@ kubectl kustomize k8s > target/k8s-rendered.yaml
 # ServiceMonitor CRD has none here: gateway/tests/k8s.rs checks it).
 target/pyenv/bin/kubernetes-validate -k 1.30.0 --strict target/k8s-rendered.yaml
 promtool check rules k8s/prometheus-rules.yaml
+promtool test rules k8s/prometheus-rules.test.yaml
 
 echo "== python client"
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt

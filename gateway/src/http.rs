@@ -94,8 +94,7 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                     .metrics()
                     .num_alive_tasks() as f64,
             );
-            let queued: usize = node.conns.iter().map(|c| c.value().queued()).sum();
-            metrics::gauge!(names::OUTBOUND_QUEUED_EVENTS).set(queued as f64);
+            crate::metrics::sample_backlogs(node.conns.iter().map(|c| c.value().backlog()));
             let mut r = text(StatusCode::OK, node.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -2,10 +2,12 @@
 //! first scrape (the names and their descriptions: `switchboard-telemetry`).
 
 use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use switchboard_telemetry::names;
 
+use crate::outbound::Backlog;
 use crate::GatewayError;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -14,6 +16,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 const LAG_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
 ];
+const BYTES_BUCKETS: &[f64] = &[
+    0.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+const AGE_BUCKETS: &[f64] = &[0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// The standard `process_*` series (resident memory, CPU seconds, open and
 /// maximum file descriptors, start time), read when scraped.
@@ -23,6 +29,35 @@ static PROCESS: LazyLock<metrics_process::Collector> =
 /// Samples the process series; called on every scrape.
 pub fn collect_process() {
     PROCESS.collect();
+}
+
+/// Samples every connection's delivery lag (see [`Backlog`]):
+/// node-wide totals as gauges, and each connection once into the
+/// histograms, so that a few lagging connections show among many idle ones.
+pub fn sample_backlogs(backlogs: impl Iterator<Item = Backlog>) {
+    let (mut events, mut bytes, mut oldest, mut idle) = (0, 0, Duration::ZERO, 0u64);
+    let per_events = metrics::histogram!(names::CONNECTION_QUEUED_EVENTS);
+    let per_bytes = metrics::histogram!(names::CONNECTION_QUEUED_BYTES);
+    let per_age = metrics::histogram!(names::CONNECTION_OLDEST_EVENT_AGE_SECONDS);
+    for b in backlogs {
+        if b.events == 0 {
+            idle += 1;
+            continue;
+        }
+        events += b.events;
+        bytes += b.bytes;
+        oldest = oldest.max(b.oldest_age);
+        per_events.record(b.events as f64);
+        per_bytes.record(b.bytes as f64);
+        per_age.record(b.oldest_age.as_secs_f64());
+    }
+    // Most connections have nothing queued: recorded in one go.
+    for h in [&per_events, &per_bytes, &per_age] {
+        h.record_many(0.0, idle as usize);
+    }
+    metrics::gauge!(names::OUTBOUND_QUEUED_EVENTS).set(events as f64);
+    metrics::gauge!(names::OUTBOUND_QUEUED_BYTES).set(bytes as f64);
+    metrics::gauge!(names::OUTBOUND_OLDEST_EVENT_AGE_SECONDS).set(oldest.as_secs_f64());
 }
 
 /// The recorder installed in this process, once it is.
@@ -48,6 +83,24 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
                 LAG_BUCKETS,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(names::CONNECTION_QUEUED_EVENTS.into()),
+                LAG_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(names::CONNECTION_QUEUED_BYTES.into()),
+                BYTES_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(names::CONNECTION_OLDEST_EVENT_AGE_SECONDS.into()),
+                AGE_BUCKETS,
+            )
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| GatewayError::Start(format!("metrics: {e}")))?;
     switchboard_telemetry::describe();
@@ -60,8 +113,10 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
     )
     .set(1.0);
 
-    metrics::gauge!(names::CONNECTIONS).set(0.0);
-    metrics::counter!(names::CONNECTIONS_OPENED_TOTAL).absolute(0);
+    for transport in ["ws", "sse", "poll"] {
+        metrics::gauge!(names::CONNECTIONS, "transport" => transport).set(0.0);
+        metrics::counter!(names::CONNECTIONS_OPENED_TOTAL, "transport" => transport).absolute(0);
+    }
     for reason in [
         "normal",
         "client_close",
@@ -70,7 +125,8 @@ pub fn install() -> Result<PrometheusHandle, GatewayError> {
         "policy",
         "draining",
     ] {
-        metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason).absolute(0);
+        metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason, "transport" => "ws")
+            .absolute(0);
     }
     metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "address_rate").absolute(0);
     metrics::gauge!(names::ROOMS).set(0.0);

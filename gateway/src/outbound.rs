@@ -2,7 +2,7 @@
 //! and the session push to, drained by the socket's writer.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -45,12 +45,30 @@ pub struct Outbound {
     closed: AtomicBool,
     /// Milliseconds since [`epoch`] when the client last sent anything.
     last_seen_ms: AtomicU64,
+    /// When the oldest queued event was queued: milliseconds since
+    /// [`epoch`], wrapping (an age is far shorter than 49 days). Four bytes
+    /// that fit beside `closed`, so an idle connection costs nothing more.
+    oldest_ms: AtomicU32,
+}
+
+/// What a connection has queued and not yet written: its delivery lag.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub events: usize,
+    pub bytes: usize,
+    /// How long the oldest queued event has waited (zero when none).
+    pub oldest_age: Duration,
 }
 
 /// A process-wide reference point, so that `last_seen` fits in an atomic.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], wrapping at 2^32.
+fn now_ms() -> u32 {
+    epoch().elapsed().as_millis() as u32
 }
 
 impl Outbound {
@@ -61,6 +79,7 @@ impl Outbound {
             ready: Notify::new(),
             closed: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(0),
+            oldest_ms: AtomicU32::new(0),
         };
         out.touch();
         out
@@ -69,6 +88,21 @@ impl Outbound {
     /// Events queued and not yet taken by the writer.
     pub fn queued(&self) -> usize {
         self.queue.lock().events.len()
+    }
+
+    /// What is queued and for how long (read at scrape: it walks the queue,
+    /// at most `limits.outbound_queue` events).
+    pub fn backlog(&self) -> Backlog {
+        let q = self.queue.lock();
+        if q.events.is_empty() {
+            return Backlog::default();
+        }
+        let waited = now_ms().wrapping_sub(self.oldest_ms.load(Ordering::Relaxed));
+        Backlog {
+            events: q.events.len(),
+            bytes: q.events.iter().map(|(e, _)| e.len()).sum(),
+            oldest_age: Duration::from_millis(u64::from(waited)),
+        }
     }
 
     /// Records that the client sent something.
@@ -110,6 +144,11 @@ impl Outbound {
             return false;
         }
         let was_empty = q.events.is_empty();
+        if was_empty {
+            // The writer takes everything at once: the first event queued
+            // after it did is the oldest one waiting.
+            self.oldest_ms.store(now_ms(), Ordering::Relaxed);
+        }
         q.events.push_back((event, published));
         drop(q);
         if was_empty {
@@ -182,6 +221,20 @@ impl EventSink for Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn backlog_counts_what_waits_and_since_when() {
+        let out = Outbound::new(8);
+        assert_eq!(out.backlog(), Backlog::default());
+        out.push(Bytes::from_static(b"abc"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        out.push(Bytes::from_static(b"de"));
+        let b = out.backlog();
+        assert_eq!((b.events, b.bytes), (2, 5));
+        assert!(b.oldest_age >= Duration::from_millis(20), "{b:?}");
+        out.next_batch().await;
+        assert_eq!(out.backlog(), Backlog::default());
+    }
 
     #[tokio::test]
     async fn full_queue_closes_as_slow_consumer_without_waiting() {

@@ -1101,3 +1101,72 @@ async fn the_demo_page_and_the_sdk_it_loads_are_served_unless_turned_off() {
         404
     );
 }
+
+/// The lag of a member that stops reading is visible at scrape: what it has
+/// queued (events, bytes), for how long, and in the per-connection
+/// histograms; it drains back to zero once the member reads.
+#[tokio::test]
+async fn a_member_that_does_not_read_shows_as_queued_events_bytes_and_age() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__LIMITS__PUBLISH_PER_S", "100000"),
+        ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
+    ]);
+    let mut reader = s.client("alice").await;
+    reader.join("lag").await.unwrap();
+    let mut publisher = s.client("bob").await;
+    // 16 MiB: more than the socket buffers between the node and alice.
+    let pad = Value::from("x".repeat(60 * 1024));
+    for _ in 0..280 {
+        publisher.publish("lag", pad.clone()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = s.metric("switchboard_outbound_queued_events").await;
+    let bytes = s.metric("switchboard_outbound_queued_bytes").await;
+    let age = s
+        .metric("switchboard_outbound_oldest_event_age_seconds")
+        .await;
+    assert!(events >= 1.0, "queued events {events}");
+    assert!(
+        bytes >= events * 60.0 * 1024.0,
+        "queued bytes {bytes} for {events} events"
+    );
+    assert!(age >= 0.3, "oldest event age {age}");
+    // Two connections (alice lagging, bob not) per scrape so far.
+    let (_, body) = s.http("GET", "/metrics", &[], b"").await;
+    let count = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count "))?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for h in [
+        "switchboard_connection_queued_events",
+        "switchboard_connection_queued_bytes",
+        "switchboard_connection_oldest_event_age_seconds",
+    ] {
+        assert!(count(h) >= 6.0, "{h}: {}", count(h));
+    }
+    let lagging = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("switchboard_connection_oldest_event_age_seconds_bucket{le=\"0.25\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(
+        lagging < count("switchboard_connection_oldest_event_age_seconds"),
+        "no sample above 0.25 s"
+    );
+    // Reading everything drains it.
+    let mut got = 0;
+    while got < 280 {
+        reader.next_op("msg", WAIT).await.unwrap();
+        got += 1;
+    }
+    s.wait_metric("switchboard_outbound_queued_events", 0.0, WAIT)
+        .await;
+    assert_eq!(
+        s.metric("switchboard_outbound_oldest_event_age_seconds")
+            .await,
+        0.0
+    );
+}

@@ -13,6 +13,13 @@ pub mod names {
     pub const ROOMS: &str = "switchboard_rooms";
     pub const SESSION_ACTORS: &str = "switchboard_session_actors";
     pub const OUTBOUND_QUEUED_EVENTS: &str = "switchboard_outbound_queued_events";
+    pub const OUTBOUND_QUEUED_BYTES: &str = "switchboard_outbound_queued_bytes";
+    pub const OUTBOUND_OLDEST_EVENT_AGE_SECONDS: &str =
+        "switchboard_outbound_oldest_event_age_seconds";
+    pub const CONNECTION_QUEUED_EVENTS: &str = "switchboard_connection_queued_events";
+    pub const CONNECTION_QUEUED_BYTES: &str = "switchboard_connection_queued_bytes";
+    pub const CONNECTION_OLDEST_EVENT_AGE_SECONDS: &str =
+        "switchboard_connection_oldest_event_age_seconds";
     pub const TOKIO_TASKS: &str = "switchboard_tokio_tasks";
     pub const CONNECTIONS_REFUSED_TOTAL: &str = "switchboard_connections_refused_total";
     pub const MESSAGES_PUBLISHED_TOTAL: &str = "switchboard_messages_published_total";
@@ -53,6 +60,30 @@ pub fn describe() {
     describe_gauge!(
         names::OUTBOUND_QUEUED_EVENTS,
         "Events queued for all connections and not yet written, sampled at scrape"
+    );
+    describe_gauge!(
+        names::OUTBOUND_QUEUED_BYTES,
+        Unit::Bytes,
+        "Bytes queued for all connections and not yet written, sampled at scrape"
+    );
+    describe_gauge!(
+        names::OUTBOUND_OLDEST_EVENT_AGE_SECONDS,
+        Unit::Seconds,
+        "Longest any queued event has waited for its connection's writer, sampled at scrape"
+    );
+    describe_histogram!(
+        names::CONNECTION_QUEUED_EVENTS,
+        "Events each connection had queued, one sample per connection per scrape"
+    );
+    describe_histogram!(
+        names::CONNECTION_QUEUED_BYTES,
+        Unit::Bytes,
+        "Bytes each connection had queued, one sample per connection per scrape"
+    );
+    describe_histogram!(
+        names::CONNECTION_OLDEST_EVENT_AGE_SECONDS,
+        Unit::Seconds,
+        "How long each connection's oldest queued event had waited, one sample per connection per scrape"
     );
     describe_gauge!(
         names::TOKIO_TASKS,
