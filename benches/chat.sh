@@ -27,6 +27,8 @@ wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && 
 SWITCHBOARD__HTTP__LISTEN=127.0.0.1:18080 \
 SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS=1000000 \
 SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS=1000000 \
+SWITCHBOARD__LIMITS__CONNECTS_PER_S=1000000 \
+SWITCHBOARD__LIMITS__CONNECT_BURST=1000000 \
 RUST_LOG=warn "$BIN" & SB=$!; PIDS+=("$SB")
 wait_http 127.0.0.1:18080
 redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null & RD=$!; PIDS+=("$RD")

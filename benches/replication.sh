@@ -32,6 +32,8 @@ for replicas in 1 2; do
     SWITCHBOARD__LIMITS__OUTBOUND_QUEUE=65536 \
     SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS=1000000 \
     SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS=1000000 \
+    SWITCHBOARD__LIMITS__CONNECTS_PER_S=1000000 \
+    SWITCHBOARD__LIMITS__CONNECT_BURST=1000000 \
     RUST_LOG=warn target/release/switchboard 2>"$WORK/replicas-$replicas-node-$i.log" & p=$!; PIDS+=("$p"); NODE_PIDS+=("$p"); ADDRS+=("127.0.0.1:1839$i")
   done
   for a in "${ADDRS[@]}"; do wait_http "$a"; done

@@ -49,6 +49,7 @@ pub struct Settings {
     pub session: SessionSettings,
     pub sse: SseSettings,
     pub poll: PollSettings,
+    pub reconnect: ReconnectSettings,
     pub debug: DebugSettings,
 }
 
@@ -236,6 +237,12 @@ pub struct LimitSettings {
     /// and in a burst; beyond them the connection gets 429 and is closed.
     pub connects_per_s_per_address: u32,
     pub connect_burst_per_address: u32,
+    /// New clients (WebSocket upgrades, event streams, poll sessions) the
+    /// node admits per second, sustained, and in a burst; beyond them the
+    /// client gets 503 with `Retry-After`, so that a reconnect storm is
+    /// spread out instead of slowing every connected client down.
+    pub connects_per_s: u32,
+    pub connect_burst: u32,
     /// WebSocket pings a client may send per second (twice that in a
     /// burst); beyond it the connection is closed with 1008.
     pub pings_per_s: u32,
@@ -252,6 +259,11 @@ impl Default for LimitSettings {
             handshake_timeout_ms: 10_000,
             connects_per_s_per_address: 200,
             connect_burst_per_address: 400,
+            // About half of what one node on 2 cores connects and joins
+            // per second (docs/benchmarks.md, `connect`): the rest of the
+            // CPU stays with the clients already connected.
+            connects_per_s: 10_000,
+            connect_burst: 10_000,
             pings_per_s: 20,
         }
     }
@@ -348,6 +360,32 @@ pub struct PollSettings {
 impl Default for PollSettings {
     fn default() -> Self {
         Self { timeout_ms: 25_000 }
+    }
+}
+
+/// The reconnection policy the node announces to clients (in `hello`, and
+/// in the close of a drain), so that a whole cluster's clients spread out
+/// when they come back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectSettings {
+    /// First retry delay ceiling; doubled per failed attempt (full jitter:
+    /// a random delay from 0 to the ceiling).
+    pub base_ms: u64,
+    /// Largest ceiling.
+    pub max_ms: u64,
+    /// A client closed by a drain (1012) reconnects after a random delay up
+    /// to this; the close reason says it.
+    pub after_drain_ms: u64,
+}
+
+impl Default for ReconnectSettings {
+    fn default() -> Self {
+        Self {
+            base_ms: 500,
+            max_ms: 30_000,
+            after_drain_ms: 2_000,
+        }
     }
 }
 
@@ -511,6 +549,9 @@ impl Settings {
                 l.connect_burst_per_address as usize,
             ),
             ("limits.pings_per_s", l.pings_per_s as usize),
+            ("limits.connects_per_s", l.connects_per_s as usize),
+            ("limits.connect_burst", l.connect_burst as usize),
+            ("reconnect.base_ms", self.reconnect.base_ms as usize),
         ] {
             if v == 0 {
                 return err(key, "must be at least 1".into());
@@ -520,6 +561,19 @@ impl Settings {
             return err(
                 "shutdown.drain_s",
                 format!("{}: at most 3600", self.shutdown.drain_s),
+            );
+        }
+        let r = &self.reconnect;
+        if r.max_ms < r.base_ms || r.max_ms > 3_600_000 {
+            return err(
+                "reconnect.max_ms",
+                format!("{}: from reconnect.base_ms to 3600000", r.max_ms),
+            );
+        }
+        if r.after_drain_ms > 600_000 {
+            return err(
+                "reconnect.after_drain_ms",
+                format!("{}: at most 600000", r.after_drain_ms),
             );
         }
         Ok(())

@@ -83,6 +83,7 @@ pub async fn serve(
             &user,
             hb.interval_ms,
             limits.max_frame_bytes as u64,
+            &node.reconnect_policy(),
         ));
     }
     tracing::debug!(conn = %id, user = %user, "connected");

@@ -19,12 +19,28 @@ use crate::transport::{Registration, Transport};
 pub struct Refused {
     pub status: u16,
     pub reason: String,
+    /// Seconds for a `Retry-After` header (the node is admitting no more
+    /// new clients this second).
+    pub retry_after: Option<u32>,
 }
 
-fn refused(status: u16, reason: impl Into<String>) -> Refused {
+pub(crate) fn refused(status: u16, reason: impl Into<String>) -> Refused {
     Refused {
         status,
         reason: reason.into(),
+        retry_after: None,
+    }
+}
+
+/// The refusal of a client the node cannot admit now
+/// (`limits.connects_per_s`).
+pub(crate) fn busy(retry_after: u32) -> Refused {
+    Refused {
+        retry_after: Some(retry_after),
+        ..refused(
+            503,
+            "busy: too many new clients (limits.connects_per_s); retry after Retry-After seconds",
+        )
     }
 }
 
@@ -158,6 +174,12 @@ impl Feed {
             json!(node.settings.heartbeat.interval_ms),
         );
         fields.insert("rooms".into(), json!(self.rooms));
+        let r = node.reconnect_policy();
+        fields.insert(
+            "reconnect".into(),
+            json!({"base_ms": r.base_ms, "max_ms": r.max_ms, "jitter": "full",
+                   "after_drain_ms": r.after_drain_ms}),
+        );
         TextEvent::new("hello", fields)
     }
 }

@@ -69,10 +69,15 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                 .and_then(|v| v.to_str().ok());
             match crate::poll::poll(&node, query, auth).await {
                 Ok(body) => json(StatusCode::OK, &body),
-                Err(r) => json_error(
-                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
-                    r.reason,
-                ),
+                Err(r) => {
+                    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+                    let mut resp = json_error(status, r.reason);
+                    if let Some(s) = r.retry_after {
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+                    }
+                    resp
+                }
             }
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),

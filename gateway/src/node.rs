@@ -10,6 +10,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use switchboard_config::Settings;
 use switchboard_presence::PresenceHandle;
 use switchboard_protocol::{CloseCode, ConnId, EventSink};
+use switchboard_telemetry::names;
 
 use switchboard_cluster::{Cluster, Inbound};
 use switchboard_presence::{PeerLink, PresenceWire};
@@ -46,6 +47,11 @@ pub struct NodeCtx {
     /// Supervisor of the Session actors.
     pub connections: ActorRef<ConnectionsMsg>,
     pub draining: AtomicBool,
+    /// New clients admitted per second (`limits.connects_per_s`).
+    pub admission: parking_lot::Mutex<crate::ratelimit::TokenBucket>,
+    /// The close reason of a drain, which tells the client how long it may
+    /// wait before it reconnects (`reconnect.after_drain_ms`). Made once.
+    pub drain_reason: &'static str,
     pub metrics: PrometheusHandle,
     /// Cancelled to stop the node (SIGTERM, or a core actor failed).
     pub shutdown: CancellationToken,
@@ -309,6 +315,17 @@ pub async fn start(
         .map_err(|e| spawn_err("connections", &e))?;
 
     let auth = Authenticator::new(&settings.auth);
+    let admission = parking_lot::Mutex::new(crate::ratelimit::TokenBucket::new(
+        settings.limits.connects_per_s,
+        settings.limits.connect_burst,
+    ));
+    let drain_reason: &'static str = Box::leak(
+        format!(
+            "node draining; reconnect within {} ms",
+            settings.reconnect.after_drain_ms
+        )
+        .into_boxed_str(),
+    );
     let ctx = Arc::new(NodeCtx {
         settings,
         rooms,
@@ -323,6 +340,8 @@ pub async fn start(
         sessions,
         connections,
         draining: AtomicBool::new(false),
+        admission,
+        drain_reason,
         metrics,
         shutdown,
     });
@@ -335,6 +354,29 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 impl NodeCtx {
     /// Takes one publication from a user's HTTP API allowance.
+    /// What `hello` asks clients to follow when they reconnect.
+    pub fn reconnect_policy(&self) -> switchboard_protocol::event::ReconnectPolicy {
+        let r = &self.settings.reconnect;
+        switchboard_protocol::event::ReconnectPolicy {
+            base_ms: r.base_ms,
+            max_ms: r.max_ms,
+            after_drain_ms: r.after_drain_ms,
+        }
+    }
+
+    /// Whether a new client may be admitted now; if not, the `Retry-After`
+    /// (seconds) it is told: 1 to 4 at random, so that the clients shed
+    /// together do not all come back together.
+    pub fn admit(&self) -> Result<(), u32> {
+        if self.admission.lock().take(std::time::Instant::now()) {
+            Ok(())
+        } else {
+            metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "node_rate")
+                .increment(1);
+            Err(fastrand::u32(1..=4))
+        }
+    }
+
     pub fn publish_allowed(&self, user: &Arc<str>) -> bool {
         let l = &self.settings.limits;
         let now = std::time::Instant::now();
@@ -374,7 +416,7 @@ impl NodeCtx {
         for (i, out) in conns.into_iter().enumerate() {
             let at = start + drain.mul_f64(i as f64 / n.max(1) as f64);
             tokio::time::sleep_until(at).await;
-            out.close(CloseCode::Restart, "node draining");
+            out.close(CloseCode::Restart, self.drain_reason);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.conns.is_empty() && tokio::time::Instant::now() < deadline {

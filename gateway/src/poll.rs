@@ -18,7 +18,7 @@ use switchboard_protocol::position::{Positions, Tracker};
 use switchboard_protocol::{CloseCode, ConnId, EventSink};
 use tokio::sync::Notify;
 
-use crate::feed::{Feed, Refused};
+use crate::feed::{busy, refused, Feed, Refused};
 use crate::node::NodeCtx;
 use crate::outbound::{Batch, Outbound};
 use crate::session::Conn;
@@ -90,17 +90,16 @@ pub async fn poll(
 ) -> Result<Value, Refused> {
     let feed = Feed::parse(node, query, authorization)?;
     let cursor = crate::auth::query_param(query, "cursor")
-        .map_err(|e| Refused {
-            status: 400,
-            reason: e.to_string(),
-        })?
+        .map_err(|e| refused(400, e.to_string()))?
         .map(|c| {
-            parse_cursor(&c).ok_or_else(|| Refused {
-                status: 400,
-                reason: format!(
-                    "cursor: {:?} is not a cursor this server wrote",
-                    c.chars().take(80).collect::<String>()
-                ),
+            parse_cursor(&c).ok_or_else(|| {
+                refused(
+                    400,
+                    format!(
+                        "cursor: {:?} is not a cursor this server wrote",
+                        c.chars().take(80).collect::<String>()
+                    ),
+                )
             })
         })
         .transpose()?;
@@ -114,6 +113,7 @@ pub async fn poll(
             }
         }
     }
+    node.admit().map_err(busy)?;
     let session = open(node, feed, from).await;
     Ok(session.first_answer(node, timeout).await)
 }

@@ -50,7 +50,17 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
     if head.method != "GET" {
         return serve_http(stream, buf, node).await;
     }
-    match accept(&node, &head) {
+    match accept(&node, &head).and_then(|accepted| match endpoint {
+        Endpoint::Ws => node.admit().map(|()| accepted).map_err(|s| {
+            let busy = crate::feed::busy(s);
+            Refusal {
+                status: busy.status,
+                reason: busy.reason,
+                headers: format!("retry-after: {s}\r\n").into(),
+            }
+        }),
+        Endpoint::Echo => Ok(accepted),
+    }) {
         Ok((identity, response)) => {
             // A task of its own, so that nothing of the handshake (the
             // request, this future's larger state) stays behind for the
@@ -65,7 +75,7 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             status,
             reason,
             headers,
-        }) => refuse(&mut stream, status, &reason, headers).await,
+        }) => refuse(&mut stream, status, &reason, &headers).await,
     }
 }
 
@@ -75,14 +85,11 @@ async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node)
     let checked = Feed::parse(&node, head.query.as_deref(), head.authorization.as_deref())
         .and_then(|feed| {
             // The header wins: it is what a browser's EventSource sends.
-            let query_id = query_param(head.query.as_deref(), "last_event_id").map_err(|e| {
-                crate::feed::Refused {
-                    status: 400,
-                    reason: e.to_string(),
-                }
-            })?;
+            let query_id = query_param(head.query.as_deref(), "last_event_id")
+                .map_err(|e| crate::feed::refused(400, e.to_string()))?;
             let id = head.last_event_id.clone().or(query_id);
             let from = feed.positions(id.as_deref().filter(|i| !i.is_empty()), "Last-Event-ID")?;
+            node.admit().map_err(crate::feed::busy)?;
             Ok((feed, from))
         });
     drop((buf, head));
@@ -90,7 +97,13 @@ async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node)
         Ok((feed, from)) => {
             tokio::spawn(crate::sse::serve(node, stream, feed, from));
         }
-        Err(e) => refuse(&mut stream, e.status, &e.reason, "").await,
+        Err(e) => {
+            let headers = e
+                .retry_after
+                .map(|s| format!("retry-after: {s}\r\n"))
+                .unwrap_or_default();
+            refuse(&mut stream, e.status, &e.reason, &headers).await;
+        }
     }
 }
 
@@ -115,14 +128,14 @@ async fn read_head(
 struct Refusal {
     status: u16,
     reason: String,
-    headers: &'static str,
+    headers: std::borrow::Cow<'static, str>,
 }
 
 fn refusal(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
-        headers: "",
+        headers: "".into(),
     }
 }
 
@@ -136,7 +149,7 @@ fn accept(node: &Node, head: &RequestHead) -> Result<(Identity, Vec<u8>), Refusa
     }
     if !head.version_13 {
         return Err(Refusal {
-            headers: "Sec-WebSocket-Version: 13\r\n",
+            headers: "Sec-WebSocket-Version: 13\r\n".into(),
             ..refusal(426, "Sec-WebSocket-Version must be 13")
         });
     }

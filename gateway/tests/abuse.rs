@@ -201,3 +201,104 @@ async fn many_rooms_on_one_node_and_all_retire_after_the_clients_leave() {
         .await;
     s.wait_metric("switchboard_presence_users", 0.0, WAIT).await;
 }
+
+/// A reconnect storm: beyond `limits.connects_per_s` (and its burst) new
+/// clients of every transport get 503 with a Retry-After, while probes,
+/// metrics and the clients already connected are served as before.
+#[tokio::test]
+async fn beyond_the_node_admission_rate_new_clients_get_503_and_retry_after() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__LIMITS__CONNECTS_PER_S", "1"),
+        ("SWITCHBOARD__LIMITS__CONNECT_BURST", "3"),
+    ]);
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for i in 0..6 {
+        match s.connect(ConnectOptions::user(&format!("s{i}"))).await {
+            Ok(c) => admitted.push(c),
+            Err(ClientError::Refused { status: 503 }) => refused += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(
+        (3..=4).contains(&admitted.len()),
+        "{} admitted",
+        admitted.len()
+    );
+    // The hello tells every client the reconnection policy to follow.
+    let policy = admitted[0]
+        .hello
+        .get("reconnect")
+        .expect("reconnect in hello");
+    assert_eq!(
+        policy.to_string(),
+        r#"{"base_ms": 500, "max_ms": 30000, "jitter": "full", "after_drain_ms": 2000}"#
+    );
+    // The raw answer, for every transport: 503 and a Retry-After of 1 to 4 s.
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    for (path, headers) in [
+        ("/ws?user=x", &upgrade[..]),
+        ("/sse?rooms=r&user=x", &[][..]),
+        ("/poll?rooms=r&user=x", &[][..]),
+    ] {
+        let (status, head) = raw_head(&s.addr, path, headers).await;
+        assert_eq!(status, 503, "{path}: {head}");
+        let retry: u32 = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no Retry-After in {head}"));
+        assert!((1..=4).contains(&retry), "{path}: Retry-After {retry}");
+        refused += 1;
+    }
+    // Not shed: probes, metrics, and the connected clients.
+    assert_eq!(s.http("GET", "/healthz", &[], b"").await.0, 200);
+    admitted[0].join("r").await.unwrap();
+    admitted[0].publish("r", 1.into()).await.unwrap();
+    assert_eq!(
+        s.metric(r#"switchboard_connections_refused_total{reason="node_rate"}"#)
+            .await,
+        refused as f64
+    );
+    // The allowance refills: a client that retries later gets in.
+    let mut later = None;
+    for _ in 0..30 {
+        if let Ok(c) = s.connect(ConnectOptions::user("later")).await {
+            later = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(later.is_some(), "never admitted again");
+}
+
+/// One request; the status and the response head.
+async fn raw_head(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, sock.read_to_end(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let head = resp.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    (
+        resp.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0),
+        head,
+    )
+}

@@ -134,6 +134,7 @@ fn port(addr: &str) -> u16 {
 async fn a_client_of_a_draining_node_reconnects_elsewhere_and_misses_nothing() {
     let mut env = FAST.to_vec();
     env.push(("SWITCHBOARD__SHUTDOWN__DRAIN_S", "2"));
+    env.push(("SWITCHBOARD__RECONNECT__AFTER_DRAIN_MS", "200"));
     let mut nodes = cluster3(&env).await;
     let names = ["n1", "n2", "n3"];
     let rooms: Vec<String> = names
@@ -211,17 +212,21 @@ async fn a_client_of_a_draining_node_reconnects_elsewhere_and_misses_nothing() {
         missed > 0,
         "nothing was published while the client was away"
     );
-    // How it went: 1012, an immediate retry on the next node, every room
-    // rejoined with `since` and recovered.
+    // How it went: 1012, a retry on the next node without backoff, within
+    // the spread the close names, every room rejoined with `since` and
+    // recovered.
     let drained = watch
         .seen
         .iter()
-        .position(|e| matches!(e, Event::Disconnected { code: 1012, .. }))
+        .position(|e| {
+            matches!(e, Event::Disconnected { code: 1012, reason }
+                if reason == "node draining; reconnect within 200 ms")
+        })
         .unwrap_or_else(|| panic!("no 1012: {:#?}", watch.seen));
     assert!(
         matches!(
             watch.seen.get(drained + 1),
-            Some(Event::Reconnecting { delay, .. }) if delay.is_zero()
+            Some(Event::Reconnecting { delay, .. }) if *delay <= Duration::from_millis(200)
         ),
         "{:#?}",
         watch.seen

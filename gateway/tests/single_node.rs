@@ -836,7 +836,11 @@ async fn sigterm_drains_with_1012_and_exits_0() {
     let mut closed_at = Vec::new();
     for w in waiting {
         let (closed, at) = w.await.unwrap();
-        assert_eq!(closed.unwrap().0, 1012);
+        // The close says how long the client may wait before it reconnects.
+        assert_eq!(
+            closed.unwrap(),
+            (1012, "node draining; reconnect within 2000 ms".to_owned())
+        );
         closed_at.push(at);
     }
     let status = s.wait_exit(Duration::from_secs(10));

@@ -420,6 +420,17 @@ struct Driver {
     retry_due: Option<Instant>,
 }
 
+/// A random delay up to what a drain's close reason names
+/// (`node draining; reconnect within 2000 ms`); none if it names nothing.
+fn drain_spread(reason: &str) -> Duration {
+    let within = reason
+        .split_once("within ")
+        .and_then(|(_, rest)| rest.strip_suffix(" ms"))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(0);
+    Duration::from_millis(fastrand::u64(0..=within))
+}
+
 impl Driver {
     async fn run(mut self) {
         // `None` before the first attempt, which is no reconnection.
@@ -469,11 +480,14 @@ impl Driver {
                         self.backoff.reset();
                     }
                     self.dropped();
+                    let spread = drain_spread(&reason);
                     self.emit(Event::Disconnected { code, reason }).await;
                     // A draining node closed us on purpose, and the others
-                    // are ready: no reason to wait for the first retry.
+                    // are ready: no backoff, only the spread it asks for
+                    // ("reconnect within N ms"), so that its clients do not
+                    // all arrive at once.
                     delay = Some(if code == DRAINING {
-                        Duration::ZERO
+                        spread
                     } else {
                         self.backoff.next_delay()
                     });
@@ -1332,5 +1346,21 @@ mod tests {
             })
         );
         assert_eq!(events.next().await, None);
+    }
+
+    #[test]
+    fn a_drain_close_is_followed_within_what_it_names() {
+        for _ in 0..100 {
+            let d = super::drain_spread("node draining; reconnect within 300 ms");
+            assert!(d <= std::time::Duration::from_millis(300));
+        }
+        assert_eq!(
+            super::drain_spread("node draining"),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            super::drain_spread("within soon ms"),
+            std::time::Duration::ZERO
+        );
     }
 }

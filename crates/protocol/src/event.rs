@@ -90,9 +90,27 @@ impl MapWriter {
     }
 }
 
+/// The reconnection policy a node asks its clients to follow (`hello`'s
+/// `reconnect`): after a failed attempt n (from 0), wait a random delay from
+/// 0 to min(`max_ms`, `base_ms` * 2^n) ("full" jitter); after a drain's
+/// close, a random delay up to `after_drain_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub after_drain_ms: u64,
+}
+
 /// `hello`: the first frame after the upgrade.
-pub fn hello(conn: &str, node: &str, user: &str, heartbeat_ms: u64, max_frame: u64) -> Bytes {
-    MapWriter::new(7, 64 + conn.len() + node.len() + user.len())
+pub fn hello(
+    conn: &str,
+    node: &str,
+    user: &str,
+    heartbeat_ms: u64,
+    max_frame: u64,
+    reconnect: &ReconnectPolicy,
+) -> Bytes {
+    MapWriter::new(8, 128 + conn.len() + node.len() + user.len())
         .key("op")
         .str("hello")
         .key("v")
@@ -107,6 +125,16 @@ pub fn hello(conn: &str, node: &str, user: &str, heartbeat_ms: u64, max_frame: u
         .uint(heartbeat_ms)
         .key("max_frame")
         .uint(max_frame)
+        .key("reconnect")
+        .raw(&[0x84])
+        .key("base_ms")
+        .uint(reconnect.base_ms)
+        .key("max_ms")
+        .uint(reconnect.max_ms)
+        .key("jitter")
+        .str("full")
+        .key("after_drain_ms")
+        .uint(reconnect.after_drain_ms)
         .finish()
 }
 

@@ -142,10 +142,16 @@ mod tests {
         }
     }
 
+    const POLICY: crate::event::ReconnectPolicy = crate::event::ReconnectPolicy {
+        base_ms: 500,
+        max_ms: 30_000,
+        after_drain_ms: 2_000,
+    };
+
     #[test]
     fn every_server_event_converts() {
         for ev in [
-            event::hello("c", "n", "u", 30000, 65536),
+            event::hello("c", "n", "u", 30000, 65536, &POLICY),
             event::ok_join(1, "r", "ab12", 7, Some(false)),
             event::err(1, crate::ErrorCode::Unavailable, "room: x"),
             event::reset("r", "ab12", 9),

@@ -7,6 +7,13 @@ use switchboard_protocol::{
     decode_commands, event, split_value, Bytes, Command, CommandKind, Since, MAX_DEPTH,
 };
 
+const POLICY: switchboard_protocol::event::ReconnectPolicy =
+    switchboard_protocol::event::ReconnectPolicy {
+        base_ms: 500,
+        max_ms: 30_000,
+        after_drain_ms: 2_000,
+    };
+
 fn enc(v: &Value) -> Vec<u8> {
     let mut buf = Vec::new();
     rmpv::encode::write_value(&mut buf, v).unwrap();
@@ -232,7 +239,7 @@ proptest! {
         users in proptest::collection::vec("[a-z]{1,8}", 0..20),
     ) {
         let events = vec![
-            event::hello("c", "n", &user, 30000, 65536),
+            event::hello("c", "n", &user, 30000, 65536, &POLICY),
             event::ok(id),
             event::ok_join(id, &room, "e", offset, Some(true)),
             event::ok_pub(id, "e1", offset),
