@@ -5,6 +5,7 @@ import { type Browser, chromium, type Page } from "playwright-core";
 import WebSocket from "ws";
 import { connect } from "../src/client.js";
 import type { RoomMessage } from "../src/room.js";
+import { NoUpgradeProxy } from "./no-upgrade-proxy.js";
 import { FaultProxy } from "./proxy.js";
 import { type Server, skipReason, startCluster, startServer, stopServer } from "./server.js";
 import { until } from "./until.js";
@@ -222,6 +223,36 @@ describe("the demo page in Chromium", { skip }, () => {
       await page.close();
     } finally {
       member.close();
+      await proxy.close();
+      await stopServer(node);
+    }
+  });
+
+  test("the SDK in a page whose WebSocket upgrades are refused falls back to EventSource and HTTP", async () => {
+    const node = await startServer();
+    const proxy = await NoUpgradeProxy.start(node.addr);
+    try {
+      // Erin's page and everything it asks for go through the proxy.
+      const erin = await openDemo(browser, proxy.addr, "erin", "fbr");
+      const bob = await openDemo(browser, node.addr, "bob", "fbr");
+      await say(bob, "b1");
+      await sees(erin, "b1");
+      await say(erin, "e1");
+      await sees(bob, "e1");
+      await say(bob, "b2");
+      await sees(erin, "b2");
+      for (const page of [erin, bob]) expectExactly(await shown(page), ["b1", "e1", "b2"]);
+      assert.equal(proxy.refusedUpgrades, 3);
+      const log = await erin.$$eval("#log li", (l) => l.map((e) => e.textContent ?? ""));
+      assert.ok(log.some((l) => l.includes("over sse")), `not on the fallback: ${log.join(" | ")}`);
+      // Cut: EventSource's stream ends, the SDK opens it again from its positions.
+      proxy.cut();
+      await say(bob, "b3");
+      await sees(erin, "b3");
+      await say(erin, "e2");
+      await sees(bob, "e2");
+      for (const page of [erin, bob]) expectExactly(await shown(page), ["b1", "e1", "b2", "b3", "e2"]);
+    } finally {
       await proxy.close();
       await stopServer(node);
     }
