@@ -35,10 +35,12 @@ target/pyenv/bin/kubernetes-validate -k 1.30.0 --strict target/k8s-rendered.yaml
 promtool check rules k8s/prometheus-rules.yaml
 promtool test rules k8s/prometheus-rules.test.yaml
 
-echo "== python client"
+echo "== python clients (WebSocket; SSE and long polling)"
 target/pyenv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet --bin switchboard
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_client.py
+# Server-Sent Events and long polling read with httpx, against a WebSocket member.
+SWITCHBOARD_BIN="$PWD/target/debug/switchboard" target/pyenv/bin/python tests/python/test_sse.py
 
 echo "== /metrics of a live node through promtool check metrics"
 SWITCHBOARD__HTTP__LISTEN=127.0.0.1:0 RUST_LOG=info target/debug/switchboard 2>target/metrics-node.log &

@@ -16,8 +16,10 @@ import websockets
 BIN = os.environ.get("SWITCHBOARD_BIN", "target/debug/switchboard")
 
 
-def start_server():
-    env = dict(os.environ, SWITCHBOARD__HTTP__LISTEN="127.0.0.1:0", RUST_LOG="info")
+def start_server(**settings):
+    """A real node on a free port; `settings` are extra environment
+    variables (SWITCHBOARD__SECTION__KEY)."""
+    env = dict(os.environ, SWITCHBOARD__HTTP__LISTEN="127.0.0.1:0", RUST_LOG="info", **settings)
     proc = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         m = re.search(r"addr=(\S+)", line)

@@ -1,10 +1,24 @@
+import { encode } from "@msgpack/msgpack";
 import { Backoff } from "./backoff.js";
 import { type Command, decodeEvents, encodeCommand, type HelloEvent, type ServerEvent, type Since } from "./codec.js";
 import { Emitter } from "./emitter.js";
 import { ClosedError, MessageTooLargeError, NotConnectedError, ServerError } from "./errors.js";
+import { FallbackPolicy, type Transport } from "./fallback.js";
 import { Outbox, type Publication, type PublishAck } from "./outbox.js";
 import { Room, type RoomHost } from "./room.js";
 import { defaultWebSocket, type SocketLike, SUBPROTOCOL, type WebSocketConstructor } from "./socket.js";
+import {
+  endpoint,
+  eventData,
+  type EventSourceConstructor,
+  type FetchLike,
+  httpBase,
+  openEventSource,
+  openFetchStream,
+  type ResponseLike,
+  type Stream,
+  streamPosition,
+} from "./sse.js";
 
 export interface ClientOptions {
   /** A fixed token, sent as `?token=` (browsers cannot set headers on a WebSocket). */
@@ -25,6 +39,16 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Publications not yet acknowledged, at most. Default 1000. */
   maxQueue?: number;
+  /**
+   * WebSocket attempts in a row that fail before the server's `hello`
+   * after which the client falls back to HTTP (Server-Sent Events to
+   * receive, POST to send); `false`: never. Default 3.
+   */
+  fallbackAfter?: number | false;
+  /** The EventSource constructor for the fallback; default the global one, else a `fetch` stream reader. */
+  EventSource?: EventSourceConstructor;
+  /** The `fetch` for the fallback; default the global one. */
+  fetch?: FetchLike;
 }
 
 export const DEFAULTS = {
@@ -34,6 +58,7 @@ export const DEFAULTS = {
   pingTimeoutMs: 10_000,
   connectTimeoutMs: 10_000,
   maxQueue: 1000,
+  fallbackAfter: 3,
 } as const;
 
 /**
@@ -52,11 +77,20 @@ export const CLIENT_CLOSE = {
 
 export interface ClientEvents {
   /** A connection attempt starts; `attempt` counts from 1 since the last connection was up. */
-  connecting: { attempt: number };
-  /** The server's `hello` arrived; rooms are being rejoined. */
-  connected: { conn: string; node: string; user: string; heartbeatMs: number; maxFrame: number };
-  /** A connection or attempt ended. */
-  disconnected: { code: number; reason: string };
+  connecting: { attempt: number; transport: Transport };
+  /**
+   * The server's `hello` arrived; rooms are being rejoined. On the `sse`
+   * fallback `maxFrame` is 0 (unknown: the server answers 413 to a body
+   * too large), and with no room joined there is no stream yet, so no
+   * `hello`: `conn`, `node` and `user` are empty.
+   */
+  connected: { conn: string; node: string; user: string; heartbeatMs: number; maxFrame: number; transport: Transport };
+  /**
+   * A connection or attempt ended: the WebSocket close code (or a client
+   * code, CLIENT_CLOSE); on `sse` the HTTP status of a refused stream or
+   * request, or 1006 for a stream that ended or a network failure.
+   */
+  disconnected: { code: number; reason: string; transport: Transport };
   /** Attempt number `attempt` (as `connecting` will count it) starts in `delay` ms. */
   reconnecting: { delay: number; attempt: number };
   /** A direct message (`send`) to this user. */
@@ -108,6 +142,21 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   /** Join retries waiting; a new connection rejoins everything anyway. */
   readonly #joinTimers = new Set<Timer>();
   #timers: { retry?: Timer; connect?: Timer; ping?: Timer; pong?: Timer } = {};
+  readonly #policy: FallbackPolicy;
+  /** The transport of the current connection or attempt. */
+  #transport: Transport = "websocket";
+  readonly #EventSource: EventSourceConstructor | undefined;
+  readonly #fetch: FetchLike | undefined;
+  /** On `sse`: the token of this connection, and its node's HTTP base. */
+  #token: string | undefined;
+  #base: URL | undefined;
+  /** On `sse`: the current stream, if any room is joined, and its rooms in `rooms` order. */
+  #stream: Stream | undefined;
+  #streamGen = 0;
+  readonly #streamRooms = new Map<string, { room: Room; since: Since | undefined; reconnect: boolean }>();
+  #reopenQueued = false;
+  /** On `sse`: a publication's POST is in flight (one at a time, in order). */
+  #posting = false;
 
   constructor(url: string | string[], options: ClientOptions = {}) {
     super();
@@ -120,6 +169,10 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
       options.backoffCapMs ?? DEFAULTS.backoffCapMs,
     );
     this.#outbox = new Outbox(options.maxQueue ?? DEFAULTS.maxQueue);
+    this.#policy = new FallbackPolicy(options.fallbackAfter ?? DEFAULTS.fallbackAfter);
+    this.#EventSource = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+    const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
+    this.#fetch = options.fetch ?? globalFetch?.bind(globalThis);
     // Deferred so that handlers added right after connect() see `connecting`.
     queueMicrotask(() => void this.#open());
   }
@@ -131,6 +184,11 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
 
   get state(): ConnectionState {
     return this.#state;
+  }
+
+  /** The transport of the current connection or attempt: `websocket`, or the `sse` fallback. */
+  get transport(): Transport {
+    return this.#transport;
   }
 
   /** Publications not yet acknowledged. */
@@ -158,12 +216,12 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   close(): void {
     if (this.#state === "closed") return;
     const error = new ClosedError("client closed");
+    const hadSocket = this.#sock !== undefined || this.#stream !== undefined || this.#state === "connected";
     this.#state = "closed";
-    const hadSocket = this.#sock !== undefined;
     this.#drop(error);
     this.#outbox.failAll(error);
     for (const room of this.#rooms.values()) room.closed(error);
-    if (hadSocket) this.emit("disconnected", { code: 1000, reason: "client closed" });
+    if (hadSocket) this.emit("disconnected", { code: 1000, reason: "client closed", transport: this.#transport });
   }
 
   /**
@@ -174,13 +232,15 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   reconnect(delayMs = 0): void {
     if (this.#state === "closed") return;
     this.#drop(new NotConnectedError("reconnecting"));
-    this.emit("disconnected", { code: CLIENT_CLOSE.reconnect, reason: "reconnect requested" });
+    this.#policy.reset();
+    this.emit("disconnected", { code: CLIENT_CLOSE.reconnect, reason: "reconnect requested", transport: this.#transport });
     this.#retry(delayMs);
   }
 
   /** @internal */
   sendJoin(room: Room): void {
     if (this.#state === "closed") room.closed(new ClosedError("client closed"));
+    else if (this.#state === "connected" && this.#transport === "sse") this.#queueReopen();
     else if (this.#state === "connected") this.#join(room, false);
   }
 
@@ -189,6 +249,8 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     // Offline, there is nothing to leave: the server dropped the membership
     // with the connection, and the room will not be rejoined.
     if (this.#state !== "connected") return;
+    // On `sse` the stream is opened again without the room.
+    if (this.#transport === "sse") return this.#queueReopen();
     await this.#request({ op: "leave", room: room.name });
   }
 
@@ -215,7 +277,8 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     if (this.#state === "closed") return;
     const generation = ++this.#generation;
     this.#state = "connecting";
-    this.emit("connecting", { attempt: ++this.#attempt });
+    const transport = (this.#transport = this.#policy.transport);
+    this.emit("connecting", { attempt: ++this.#attempt, transport });
     // Started before the token is asked for: a getToken that never answers
     // must not stall reconnection either.
     this.#timers.connect = setTimeout(
@@ -233,6 +296,12 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     if (generation !== this.#generation) return;
     // A node that is gone or draining is not asked twice in a row.
     const url = new URL(this.#urls[this.#nextUrl++ % this.#urls.length]!);
+    if (transport === "sse") {
+      this.#token = token;
+      this.#base = httpBase(url);
+      this.#openStream();
+      return;
+    }
     if (token !== undefined) url.searchParams.set("token", token);
     let sock: SocketLike;
     try {
@@ -306,6 +375,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     this.#hello = hello;
     this.#backoff.reset();
     this.#attempt = 0;
+    this.#policy.connected("websocket");
     this.#timers.ping = setInterval(() => this.#ping(), this.#options.pingIntervalMs ?? DEFAULTS.pingIntervalMs);
     for (const room of this.#rooms.values()) {
       if (room.active) this.#join(room, true);
@@ -316,6 +386,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
       user: hello.user,
       heartbeatMs: hello.heartbeat_ms,
       maxFrame: hello.max_frame,
+      transport: "websocket",
     });
     this.#flush();
   }
@@ -380,7 +451,12 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
 
   /** Sends the publications still to go, once rejoins are answered. */
   #flush(): void {
-    if (this.#state !== "connected" || this.#rejoining > 0) return;
+    if (this.#state !== "connected") return;
+    if (this.#transport === "sse") {
+      void this.#flushHttp();
+      return;
+    }
+    if (this.#rejoining > 0) return;
     for (const entry of this.#outbox.unsent()) {
       const id = this.#nextId++;
       const command: Command = { op: "pub", id, room: entry.room, data: entry.data, msg_id: entry.msgId };
@@ -414,6 +490,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     if (this.#state !== "connected") {
       return Promise.reject(new NotConnectedError(`${command.op}: not connected`));
     }
+    if (this.#transport === "sse") return this.#httpRequest(command);
     return new Promise<OkEvent>((resolve, reject) => {
       const id = this.#nextId++;
       let bytes: Uint8Array;
@@ -442,7 +519,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   #encode(command: Command): Uint8Array {
     const bytes = encodeCommand(command);
     const limit = this.#hello?.max_frame;
-    if (limit !== undefined && bytes.byteLength > limit) {
+    if (limit && bytes.byteLength > limit) {
       throw new MessageTooLargeError(bytes.byteLength, limit);
     }
     return bytes;
@@ -452,8 +529,9 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   #lost(code: number, reason: string): void {
     if (this.#state === "closed") return;
     const wasConnected = this.#state === "connected";
+    if (!wasConnected) this.#policy.failed(this.#transport);
     this.#drop(new NotConnectedError(`connection lost (${code}${reason ? ` ${reason}` : ""})`));
-    this.emit("disconnected", { code, reason });
+    this.emit("disconnected", { code, reason, transport: this.#transport });
     // A draining node (1012) asks its clients to move now; only a failure
     // right after that waits.
     this.#retry(code === 1012 && wasConnected ? 0 : this.#backoff.next());
@@ -477,6 +555,10 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
         // Closing a socket that is still connecting may throw; it is gone either way.
       }
     }
+    this.#stream?.close();
+    this.#stream = undefined;
+    this.#streamGen += 1;
+    this.#streamRooms.clear();
     clearTimeout(this.#timers.retry);
     clearTimeout(this.#timers.connect);
     clearInterval(this.#timers.ping);
@@ -496,6 +578,213 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     for (const room of this.#rooms.values()) room.connectionLost();
   }
 
+  // ---- the HTTP fallback: a Server-Sent Events stream, and POSTs ----
+
+  /**
+   * Opens the stream for the rooms joined now (closing the current one),
+   * each resumed from its position: the last message handed over, so that
+   * nothing is lost or repeated. With no room there is no stream; the
+   * client still publishes and sends over HTTP.
+   */
+  #openStream(): void {
+    const generation = this.#generation;
+    const streamGen = ++this.#streamGen;
+    this.#stream?.close();
+    this.#stream = undefined;
+    this.#streamRooms.clear();
+    const rooms = [...this.#rooms.values()].filter((r) => r.active);
+    const reconnect = this.#state !== "connected";
+    if (rooms.length === 0) {
+      if (reconnect) this.#connectedOverHttp();
+      return;
+    }
+    for (const room of rooms) {
+      room.connectionLost();
+      this.#streamRooms.set(room.name, { room, since: room.position, reconnect });
+    }
+    const url = endpoint(this.#base!, "sse", {
+      rooms: rooms.map((r) => r.name).join(","),
+      presence: rooms.some((r) => r.wantsPresence) ? undefined : "false",
+      token: this.#token,
+      last_event_id: streamPosition(rooms.map((r) => r.position)),
+    });
+    const current = () => generation === this.#generation && streamGen === this.#streamGen;
+    const handlers = {
+      event: (name: string, data: string) => {
+        if (current()) this.#streamEvent(name, data);
+      },
+      closed: (status: number | undefined, reason: string) => {
+        if (current()) this.#streamClosed(status, reason);
+      },
+    };
+    if (this.#EventSource) this.#stream = openEventSource(this.#EventSource, this.#fetch, url, handlers);
+    else if (this.#fetch) this.#stream = openFetchStream(this.#fetch, url, handlers);
+    else this.#failedAttempt(new TypeError("no EventSource and no fetch here: pass one in the options"));
+  }
+
+  /** The room set changed while on `sse`: one new stream for the changes of this turn. */
+  #queueReopen(): void {
+    if (this.#reopenQueued) return;
+    this.#reopenQueued = true;
+    const generation = this.#generation;
+    queueMicrotask(() => {
+      this.#reopenQueued = false;
+      if (generation === this.#generation && this.#state === "connected") this.#openStream();
+    });
+  }
+
+  #streamEvent(name: string, data: string): void {
+    let ev: Record<string, unknown>;
+    try {
+      ev = JSON.parse(data) as Record<string, unknown>;
+    } catch (error) {
+      this.emit("error", error instanceof Error ? error : new Error(String(error)));
+      this.#lost(CLIENT_CLOSE.undecodable, "undecodable event");
+      return;
+    }
+    const room = typeof ev.room === "string" ? this.#rooms.get(ev.room) : undefined;
+    switch (name) {
+      case "hello":
+        this.#hello = {
+          op: "hello",
+          v: 1,
+          conn: String(ev.conn),
+          node: String(ev.node),
+          user: String(ev.user),
+          heartbeat_ms: Number(ev.heartbeat_ms),
+          max_frame: 0,
+        };
+        if (this.#state !== "connected") this.#connectedOverHttp();
+        return;
+      case "join": {
+        const entry = this.#streamRooms.get(String(ev.room));
+        if (!entry) return;
+        const recovered = ev.recovered as boolean | undefined;
+        // A stream opened again for a new room set resumes the other rooms
+        // quietly; after a loss, and whenever history is lost, it is told.
+        const report = entry.reconnect || recovered === false ? entry.since : undefined;
+        entry.room.joinAnswered({ epoch: String(ev.epoch), offset: Number(ev.offset), recovered }, report);
+        return;
+      }
+      case "msg":
+        return room?.deliver({ offset: Number(ev.offset), from: String(ev.from), data: eventData(ev) });
+      case "joined":
+      case "left":
+        return room?.presenceChange(name, String(ev.user));
+      case "reset":
+        return room?.reset(String(ev.epoch), Number(ev.offset));
+      case "dm":
+        return this.emit("dm", { from: String(ev.from), data: eventData(ev) });
+      // `err`: a room could not be joined (503); the stream ends next and
+      // is opened again with backoff, the room still joining.
+    }
+  }
+
+  #connectedOverHttp(): void {
+    clearTimeout(this.#timers.connect);
+    this.#state = "connected";
+    this.#backoff.reset();
+    this.#attempt = 0;
+    this.#policy.connected("sse");
+    const hello = this.#hello;
+    this.emit("connected", {
+      conn: hello?.conn ?? "",
+      node: hello?.node ?? "",
+      user: hello?.user ?? "",
+      heartbeatMs: hello?.heartbeat_ms ?? 0,
+      maxFrame: 0,
+      transport: "sse",
+    });
+    // Rooms joined or left while the stream was being opened.
+    const active = [...this.#rooms.values()].filter((r) => r.active);
+    if (active.length !== this.#streamRooms.size || active.some((r) => !this.#streamRooms.has(r.name))) {
+      this.#queueReopen();
+    }
+    this.#flush();
+  }
+
+  #streamClosed(status: number | undefined, reason: string): void {
+    // A room outside the token's claim refuses the whole stream: that room
+    // is refused (as a join would be), the others go on without it.
+    const refused = status === 403 ? /rooms: "([^"]+)"/.exec(reason)?.[1] : undefined;
+    const entry = refused === undefined ? undefined : this.#streamRooms.get(refused);
+    if (entry) {
+      entry.room.joinRefused(new ServerError(403, reason, "join"));
+      this.#openStream();
+      return;
+    }
+    this.#lost(status ?? 1006, reason);
+  }
+
+  /** Sends the publications still to go over HTTP, one at a time, in order. */
+  async #flushHttp(): Promise<void> {
+    if (this.#posting) return;
+    this.#posting = true;
+    const generation = this.#generation;
+    try {
+      for (;;) {
+        if (generation !== this.#generation || this.#state !== "connected") return;
+        const entry = this.#outbox.unsent()[0];
+        if (!entry) return;
+        entry.sent = true;
+        let res: ResponseLike;
+        let answer: Answer;
+        try {
+          res = await this.#http("POST", "api/publish", { room: entry.room, data: entry.data, msg_id: entry.msgId });
+          answer = await readAnswer(res);
+        } catch (error) {
+          // Published or not, it is sent again with its msg_id.
+          if (generation === this.#generation) this.#lost(1006, `publish: ${String(error)}`);
+          return;
+        }
+        if (res.status === 200) {
+          const epoch = this.#rooms.get(entry.room)?.position?.epoch ?? "";
+          this.#outbox.settle(entry, { ack: { epoch, offset: answer.offset ?? 0 } });
+        } else if (res.status >= 500) {
+          // Draining, or the room's home unavailable: not published; the
+          // connection starts over and the publication goes again.
+          if (generation === this.#generation) this.#lost(res.status, answer.error ?? "");
+          return;
+        } else {
+          this.#outbox.settle(entry, { error: new ServerError(res.status, answer.error ?? "", "pub") });
+        }
+      }
+    } finally {
+      this.#posting = false;
+      // A connection that came while this one's POST was in flight.
+      if (generation !== this.#generation) this.#flush();
+    }
+  }
+
+  /** `send` and `presence` over HTTP; a network failure rejects with NotConnectedError. */
+  async #httpRequest(command: WithoutId<Extract<Command, { op: "leave" | "send" | "presence" }>>): Promise<OkEvent> {
+    let res: ResponseLike;
+    let answer: Answer;
+    try {
+      res =
+        command.op === "send"
+          ? await this.#http("POST", "api/send", { to: command.to, data: command.data })
+          : await this.#http("GET", `api/rooms/${encodeURIComponent(command.room)}/presence`);
+      answer = await readAnswer(res);
+    } catch (error) {
+      throw new NotConnectedError(`${command.op}: ${String(error)}`);
+    }
+    if (res.status !== 200) throw new ServerError(res.status, answer.error ?? "", command.op);
+    return { op: "ok", id: 0, ...answer };
+  }
+
+  /** One HTTP API call with this connection's token; a body goes as MessagePack, `data` byte for byte. */
+  #http(method: "GET" | "POST", path: string, body?: Record<string, unknown>): Promise<ResponseLike> {
+    const headers: Record<string, string> = {};
+    if (this.#token !== undefined) headers.Authorization = `Bearer ${this.#token}`;
+    let bytes: Uint8Array | undefined;
+    if (body) {
+      headers["Content-Type"] = "application/msgpack";
+      bytes = encode(body, { ignoreUndefined: true });
+    }
+    return this.#fetch!(endpoint(this.#base!, path), { method, headers, ...(bytes && { body: bytes }) });
+  }
+
   #retry(delay: number): void {
     if (this.#state === "closed") return;
     this.#state = "waiting";
@@ -508,6 +797,23 @@ type Timer = ReturnType<typeof setTimeout>;
 
 /** Omit distributed over a union, so each command keeps its own fields. */
 type WithoutId<C> = C extends unknown ? Omit<C, "id"> : never;
+
+/** The HTTP API's JSON answer (`{"error": ...}` on a refusal). */
+interface Answer {
+  offset?: number;
+  delivered?: number;
+  users?: string[];
+  error?: string;
+}
+
+async function readAnswer(res: ResponseLike): Promise<Answer> {
+  const text = await res.text();
+  try {
+    return JSON.parse(text) as Answer;
+  } catch {
+    return { error: text.trim() };
+  }
+}
 
 function okJoin(ok: OkEvent): { epoch: string; offset: number; recovered?: boolean | undefined } {
   return { epoch: ok.epoch ?? "", offset: ok.offset ?? 0, recovered: ok.recovered };

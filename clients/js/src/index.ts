@@ -3,6 +3,8 @@ export { Room, type RoomEvents, type RoomMessage, type JoinOptions, type JoinRes
 export type { PublishAck } from "./outbox.js";
 export type { Since } from "./codec.js";
 export type { SocketLike, WebSocketConstructor } from "./socket.js";
+export { FallbackPolicy, type Transport } from "./fallback.js";
+export type { EventSourceConstructor, EventSourceLike, FetchLike, ResponseLike } from "./sse.js";
 export { Backoff } from "./backoff.js";
 export {
   SwitchboardError,

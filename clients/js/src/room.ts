@@ -80,6 +80,11 @@ export class Room extends Emitter<RoomEvents> {
     return this.#state !== "idle";
   }
 
+  /** @internal Whether the application asked for `joined`/`left` (the default). */
+  get wantsPresence(): boolean {
+    return this.#presence;
+  }
+
   /** The epoch and offset of the last message handed over, once joined. */
   get position(): Since | undefined {
     return this.#position.since();
@@ -186,7 +191,8 @@ export class Room extends Emitter<RoomEvents> {
 
   /** @internal A `joined` or `left` for this room. */
   presenceChange(op: "joined" | "left", user: string): void {
-    if (this.#state === "idle") return;
+    // A stream shared with rooms that want presence gets it for all.
+    if (this.#state === "idle" || !this.#presence) return;
     this.emit(op, { room: this.name, user });
   }
 

@@ -305,7 +305,7 @@ test("an unanswered ping declares the connection dead and reconnects", async () 
   const s1 = await serve(1);
   await until(() => s1.commands("ping").length === 1, "a ping");
   await until(() => down.length === 1, "the ping timeout");
-  assert.deepEqual(down[0], { code: 4000, reason: "ping timeout" });
+  assert.deepEqual(down[0], { code: 4000, reason: "ping timeout", transport: "websocket" });
   assert.equal(s1.closedByClient, 1000);
   assert.equal(s1.commands("ping").length, 1, "one ping outstanding at a time");
   const s2 = await serve(2);

@@ -96,11 +96,11 @@ function start() {
   const nodes = (params.get("nodes") ?? location.host).split(",").filter(Boolean);
   const urls = nodes.map((n) => `${scheme}://${n}/ws?user=${encodeURIComponent(user)}`);
   client = connect(urls, token ? { token } : {});
-  client.on("connecting", ({ attempt }) => { setState("connecting"); log(`connecting (attempt ${attempt})`); });
-  client.on("connected", ({ node, conn }) => {
+  client.on("connecting", ({ attempt, transport }) => { setState("connecting"); log(`connecting over ${transport} (attempt ${attempt})`); });
+  client.on("connected", ({ node, conn, transport }) => {
     setState("connected");
     $("node").textContent = node;
-    log(`connected to ${node} as ${conn}`);
+    log(`connected to ${node} as ${conn} over ${transport}`);
   });
   client.on("disconnected", ({ code, reason }) => { setState("waiting"); log(`disconnected ${code} ${reason}`); });
   client.on("reconnecting", ({ delay }) => log(`reconnecting in ${Math.round(delay)} ms`));
