@@ -223,15 +223,9 @@ pub async fn refuse_busy(mut stream: TcpStream) {
 async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node) {
     let timeout = node.settings.limits.handshake_timeout();
     let service = service_fn(move |req| http::route(node.clone(), req));
-    // One request per connection (`Connection: close`): an upgrade and an
-    // event stream are served only as a connection's first request, and
-    // clients that pool connections (a browser's EventSource after the
-    // page's own requests, httpx, Node's fetch) would otherwise send them
-    // on a used one and be refused.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
-        .keep_alive(false)
         .serve_connection(TokioIo::new(Rewind::new(read, stream)), service);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");

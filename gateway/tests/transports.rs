@@ -361,34 +361,6 @@ async fn a_stream_cut_midway_resumes_from_last_event_id_with_nothing_lost_or_rep
     assert_eq!(stream.next_named("msg").await.data["data"], 999);
 }
 
-/// Clients that pool connections send the next request on a connection
-/// they used: an event stream would then not be its connection's first
-/// request. Every HTTP answer closes its connection, so they never do.
-#[tokio::test]
-async fn http_answers_close_their_connection_so_a_pooling_client_streams_on_a_new_one() {
-    let s = Server::start(&FAST);
-    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
-    // HTTP/1.1 without `Connection: close`: a client keeping it for reuse.
-    let body = br#"{"room":"pool","data":1}"#;
-    let req = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        s.addr,
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the server closed the connection after its answer")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_lowercase();
-    assert!(answer.starts_with("http/1.1 200"), "{answer}");
-    assert!(answer.contains("connection: close"), "{answer}");
-    let mut stream = sse(&s.addr, "/sse?rooms=pool&user=bob", &[]).await.unwrap();
-    assert_eq!(stream.next_named("join").await.data["offset"], 1);
-}
-
 #[tokio::test]
 async fn a_long_poll_client_sees_every_message_once_across_100_polls() {
     let mut env = FAST.to_vec();
