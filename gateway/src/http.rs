@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,6 +20,9 @@ use crate::auth::{AuthError, Identity, RoomGrants};
 use crate::node::NodeCtx;
 
 type Resp = Response<Full<Bytes>>;
+
+/// What a response carries: a whole body, or an event stream's.
+pub type Body = Either<Full<Bytes>, Channel<Bytes>>;
 
 fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     let mut body: String = body.into();
@@ -47,7 +51,50 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Resp {
 }
 
 /// Routes one HTTP request.
-pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn route(
+    node: Arc<NodeCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if req.method() == Method::GET && req.uri().path() == "/sse" {
+        return Ok(event_stream(node, &req));
+    }
+    Ok(respond(node, req).await.map(Either::Left))
+}
+
+/// `GET /sse` on a connection that served other requests first (a stream
+/// that is its connection's first request is answered in upgrade.rs).
+fn event_stream(node: Arc<NodeCtx>, req: &Request<Incoming>) -> Response<Body> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let checked = crate::sse::check(
+        &node,
+        req.uri().query(),
+        header("authorization"),
+        header("last-event-id"),
+    );
+    match checked {
+        Ok((feed, from)) => {
+            let (tx, body) = Channel::new(1);
+            tokio::spawn(crate::sse::serve_body(node, tx, feed, from));
+            let mut r = Response::new(Either::Right(body));
+            for (name, value) in crate::sse::HEADERS {
+                r.headers_mut()
+                    .insert(name, HeaderValue::from_static(value));
+            }
+            r
+        }
+        Err(refused) => {
+            let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut r = text(status, refused.reason);
+            if let Some(s) = refused.retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            r.map(Either::Left)
+        }
+    }
+}
+
+async fn respond(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
     let resp = match (req.method(), path.as_str()) {
         // Upgrades are answered before hyper sees the connection
@@ -55,11 +102,6 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         (&Method::GET, "/ws") => text(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade must be the connection's first request",
-        ),
-        // Like `/ws`, `/sse` is answered before hyper sees the connection.
-        (&Method::GET, "/sse") => text(
-            StatusCode::BAD_REQUEST,
-            "an event stream must be the connection's first request",
         ),
         (&Method::GET, "/poll") => {
             let query = req.uri().query();
@@ -151,7 +193,7 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
-    Ok(resp)
+    resp
 }
 
 /// The room name in `{prefix}{room}{suffix}` (possibly empty: the handler

@@ -3,6 +3,11 @@
 //! `text/event-stream`, each with the stream's position as its `id`, so
 //! that a browser's `EventSource` resumes every room with `Last-Event-ID`.
 //!
+//! A stream that is its connection's first request is written straight to
+//! the socket ([`serve`]); one that follows other requests on a kept-alive
+//! connection (clients that pool connections send it so) is hyper's
+//! response body ([`serve_body`]).
+//!
 //! The stream ends when its member is closed (the node drains, the client
 //! falls `limits.outbound_queue` behind, a room cannot be joined, presence
 //! expires it) or the client goes; the browser then reconnects by itself.
@@ -11,13 +16,15 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::channel::Sender;
 use switchboard_protocol::position::{Positions, Tracker};
-use switchboard_protocol::{CloseCode, EventSink};
+use switchboard_protocol::{Bytes, CloseCode, EventSink};
 use tokio::net::TcpStream;
 
-use crate::feed::Feed;
+use crate::auth::query_param;
+use crate::feed::{Feed, Refused};
 use crate::node::NodeCtx;
-use crate::outbound::Outbound;
+use crate::outbound::{Batch, Outbound};
 use crate::session::CLOSE_GRACE;
 use crate::transport::Transport;
 
@@ -25,21 +32,73 @@ use crate::transport::Transport;
 /// go before they are dropped.
 const DISCARD_BUDGET: usize = 64 * 1024;
 
-/// Serves a stream whose request was checked, resuming from `from` (the
-/// client's `Last-Event-ID`).
-pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Positions) {
-    keep_alive(&stream, &node);
-    let (conn, registration) = feed.open(&node, &from, Transport::Sse).await;
-    let mut tracker = Tracker::new(feed.rooms.clone(), from);
+/// Checks a request for a stream: who, which rooms, from where
+/// (`Last-Event-ID`, the header winning over the `last_event_id` query
+/// parameter), and whether the node admits a new client now.
+pub fn check(
+    node: &NodeCtx,
+    query: Option<&str>,
+    authorization: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<(Feed, Positions), Refused> {
+    let feed = Feed::parse(node, query, authorization)?;
+    let query_id = query_param(query, "last_event_id")
+        .map_err(|e| crate::feed::refused(400, e.to_string()))?;
+    let id = last_event_id.map(str::to_owned).or(query_id);
+    let from = feed.positions(id.as_deref().filter(|i| !i.is_empty()), "Last-Event-ID")?;
+    node.admit().map_err(crate::feed::busy)?;
+    Ok((feed, from))
+}
+
+/// The response headers of a stream.
+pub const HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
+/// What a stream starts with: its `retry:` (jittered) and `hello`.
+async fn open(node: &Arc<NodeCtx>, feed: Feed, from: Positions) -> (Stream, Vec<u8>) {
+    let (conn, registration) = feed.open(node, &from, Transport::Sse).await;
+    let tracker = Tracker::new(feed.rooms.clone(), from);
     let retry = node.settings.sse.retry_ms;
     let retry = retry + fastrand::u64(0..=retry / 2);
-    let mut pending = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         x-accel-buffering: no\r\nconnection: close\r\n\r\nretry: {retry}\n\n"
-    )
-    .into_bytes();
-    feed.hello(&node, &conn).write_sse(&mut pending);
-    drop(feed);
+    let mut first = format!("retry: {retry}\n\n").into_bytes();
+    feed.hello(node, &conn).write_sse(&mut first);
+    let stream = Stream {
+        conn,
+        tracker,
+        _registration: registration,
+    };
+    (stream, first)
+}
+
+/// A stream's member and where it is.
+struct Stream {
+    conn: Arc<crate::session::Conn>,
+    tracker: Tracker,
+    _registration: crate::transport::Registration,
+}
+
+/// Serves a stream whose request was checked, as its connection's first
+/// request: written straight to the socket, which closes when it ends.
+pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Positions) {
+    keep_alive(&stream, &node);
+    let (
+        Stream {
+            conn,
+            mut tracker,
+            _registration: registration,
+        },
+        first,
+    ) = open(&node, feed, from).await;
+    let mut pending = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for (name, value) in HEADERS {
+        pending.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    pending.extend_from_slice(b"connection: close\r\n\r\n");
+    pending.extend_from_slice(&first);
     run(
         &stream,
         &conn.out,
@@ -51,9 +110,75 @@ pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Posi
     drop(registration);
 }
 
+/// Serves a stream whose request was checked, on a connection hyper serves
+/// (the request came after others on the same connection: clients that
+/// pool connections do that): written as the response body, which hyper
+/// sends chunked.
+pub async fn serve_body(node: Arc<NodeCtx>, mut body: Sender<Bytes>, feed: Feed, from: Positions) {
+    let (mut stream, first) = open(&node, feed, from).await;
+    let out = &stream.conn.out;
+    if !send(&mut body, out, first).await {
+        return;
+    }
+    let mut keepalive = tokio::time::interval(node.settings.sse_keepalive());
+    keepalive.reset();
+    loop {
+        let mut pending = Vec::new();
+        let ending = tokio::select! {
+            batch = out.next_batch() => {
+                write_batch(&batch, out, &mut stream.tracker, &mut pending);
+                batch.closing.is_some()
+            }
+            _ = keepalive.tick() => {
+                // Alive for presence while the client takes what it is sent.
+                out.touch();
+                pending.extend_from_slice(b": keepalive\n\n");
+                false
+            }
+        };
+        if !pending.is_empty() && !send(&mut body, out, pending).await {
+            return;
+        }
+        if ending {
+            return;
+        }
+    }
+}
+
+/// Hands bytes to hyper once the client took the previous ones; once the
+/// member is closing, the client gets CLOSE_GRACE more. `false`: the
+/// stream is over.
+async fn send(body: &mut Sender<Bytes>, out: &Outbound, bytes: Vec<u8>) -> bool {
+    let gone = async {
+        out.closing().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        sent = body.send_data(Bytes::from(bytes)) => sent.is_ok(),
+        () = gone => false,
+    }
+}
+
+/// Appends a batch's events in `text/event-stream` form.
+fn write_batch(batch: &Batch, out: &Outbound, tracker: &mut Tracker, pending: &mut Vec<u8>) {
+    for (event, _) in &batch.events {
+        match tracker.translate(event) {
+            Ok(texts) => {
+                for text in texts {
+                    text.write_sse(pending);
+                    if text.fatal {
+                        out.close(CloseCode::Internal, "a room could not be joined");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "an event has no JSON form"),
+        }
+    }
+}
+
 /// Dead clients are found by TCP: keepalive probes while the stream is idle,
 /// and a bound on unacknowledged writes, both within the heartbeat timeout.
-fn keep_alive(stream: &TcpStream, node: &NodeCtx) {
+pub fn keep_alive(stream: &TcpStream, node: &NodeCtx) {
     let hb = &node.settings.heartbeat;
     let sock = socket2::SockRef::from(stream);
     let probes = socket2::TcpKeepalive::new()
@@ -102,19 +227,7 @@ async fn run(
                 }
             }
             batch = out.next_batch(), if idle_writer && !ending => {
-                for (event, _) in &batch.events {
-                    match tracker.translate(event) {
-                        Ok(texts) => {
-                            for text in texts {
-                                text.write_sse(&mut pending);
-                                if text.fatal {
-                                    out.close(CloseCode::Internal, "a room could not be joined");
-                                }
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "an event has no JSON form"),
-                    }
-                }
+                write_batch(&batch, out, tracker, &mut pending);
                 if batch.closing.is_some() {
                     ending = true;
                     give_up = Some(tokio::time::Instant::now() + CLOSE_GRACE);

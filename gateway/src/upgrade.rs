@@ -16,9 +16,8 @@ use switchboard_protocol::SUBPROTOCOL;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::auth::{query_param, Identity};
+use crate::auth::Identity;
 use crate::connection::{self, Endpoint};
-use crate::feed::Feed;
 use crate::{http, Node};
 
 /// Serves one accepted TCP connection until it closes.
@@ -82,16 +81,12 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
 /// `GET /sse`: checked here, like an upgrade, so that a stream holds no
 /// HTTP state for its life.
 async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node) {
-    let checked = Feed::parse(&node, head.query.as_deref(), head.authorization.as_deref())
-        .and_then(|feed| {
-            // The header wins: it is what a browser's EventSource sends.
-            let query_id = query_param(head.query.as_deref(), "last_event_id")
-                .map_err(|e| crate::feed::refused(400, e.to_string()))?;
-            let id = head.last_event_id.clone().or(query_id);
-            let from = feed.positions(id.as_deref().filter(|i| !i.is_empty()), "Last-Event-ID")?;
-            node.admit().map_err(crate::feed::busy)?;
-            Ok((feed, from))
-        });
+    let checked = crate::sse::check(
+        &node,
+        head.query.as_deref(),
+        head.authorization.as_deref(),
+        head.last_event_id.as_deref(),
+    );
     drop((buf, head));
     match checked {
         Ok((feed, from)) => {
@@ -221,6 +216,9 @@ pub async fn refuse_busy(mut stream: TcpStream) {
 
 /// Hands the connection to hyper, the bytes already read first.
 async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node) {
+    // Any request on it may be an event stream: a client gone from one is
+    // then found as from a stream that came first (sse.rs).
+    crate::sse::keep_alive(&stream, &node);
     let timeout = node.settings.limits.handshake_timeout();
     let service = service_fn(move |req| http::route(node.clone(), req));
     let conn = http1::Builder::new()

@@ -361,6 +361,80 @@ async fn a_stream_cut_midway_resumes_from_last_event_id_with_nothing_lost_or_rep
     assert_eq!(stream.next_named("msg").await.data["data"], 999);
 }
 
+/// Clients that pool connections (httpx, Node's fetch, a browser's
+/// EventSource after the page's own requests) send the stream's request on
+/// a connection that served others: it is served there too (chunked), and
+/// the connection stays usable for API calls before it.
+#[tokio::test]
+async fn a_stream_requested_on_a_kept_alive_connection_is_served_there() {
+    // A client gone from such a stream is noticed when a write fails: the
+    // keepalive comments' (every 200 ms here).
+    let mut env = FAST.to_vec();
+    env.push(("SWITCHBOARD__SSE__KEEPALIVE_MS", "200"));
+    let s = Server::start(&env);
+    let mut tcp = TcpStream::connect(&s.addr).await.unwrap();
+    let publish = |n: u64| {
+        let body = format!(r#"{{"room":"pool","data":{n}}}"#);
+        format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Two API calls on the connection, kept alive.
+    let mut seen = Vec::new();
+    for n in 1..=2 {
+        tcp.write_all(publish(n).as_bytes()).await.unwrap();
+        read_until(&mut tcp, &mut seen, &format!("\"offset\":{n}")).await;
+    }
+    // Then the stream, resuming from offset 1: offset 2 is replayed.
+    let epoch = {
+        let mut ws = s.client("alice").await;
+        let ok = ws.join("pool").await.unwrap();
+        ok.str("epoch").unwrap().to_owned()
+    };
+    let req = format!(
+        "GET /sse?rooms=pool&user=bob HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {epoch}.1\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    seen.clear();
+    read_until(&mut tcp, &mut seen, "\"data\":2").await;
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("event: join"), "{text}");
+    assert!(text.contains("\"recovered\":true"), "{text}");
+    // Live messages follow on it.
+    let mut ws = s.client("carol").await;
+    ws.publish("pool", 3u64.into()).await.unwrap();
+    read_until(&mut tcp, &mut seen, "\"data\":3").await;
+    assert_eq!(
+        s.metric("switchboard_connections{transport=\"sse\"}").await,
+        1.0
+    );
+    drop(tcp);
+    s.wait_metric("switchboard_connections{transport=\"sse\"}", 0.0, WAIT)
+        .await;
+}
+
+/// Reads from `tcp` into `seen` until it holds `want`.
+async fn read_until(tcp: &mut TcpStream, seen: &mut Vec<u8>, want: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(seen).contains(want) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(seen)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {want:?}: {}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test]
 async fn a_long_poll_client_sees_every_message_once_across_100_polls() {
     let mut env = FAST.to_vec();
