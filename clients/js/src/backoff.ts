@@ -41,3 +41,15 @@ export class Backoff {
     this.#attempts = 0;
   }
 }
+
+/**
+ * The delay before reconnecting after a drain's close (1012): uniformly
+ * random up to the `N` its reason names (`node draining; reconnect within
+ * N ms`), so that a drained node's clients do not all arrive at once; 0 if
+ * it names none.
+ */
+export function drainSpread(reason: string, random: () => number = Math.random): number {
+  const m = /within (\d+) ms/.exec(reason);
+  const within = m ? Number(m[1]) : 0;
+  return Math.floor(random() * (within + 1));
+}

@@ -1,5 +1,5 @@
 import { encode } from "@msgpack/msgpack";
-import { Backoff } from "./backoff.js";
+import { Backoff, drainSpread } from "./backoff.js";
 import { type Command, decodeEvents, encodeCommand, type HelloEvent, type ServerEvent, type Since } from "./codec.js";
 import { Emitter } from "./emitter.js";
 import { ClosedError, MessageTooLargeError, NotConnectedError, ServerError } from "./errors.js";
@@ -122,7 +122,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
   #nextUrl = 0;
   readonly #options: ClientOptions;
   readonly #WebSocket: WebSocketConstructor;
-  readonly #backoff: Backoff;
+  #backoff: Backoff;
   readonly #outbox: Outbox;
   readonly #rooms = new Map<string, Room>();
   readonly #pending = new Map<number, Pending>();
@@ -373,6 +373,17 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     clearTimeout(this.#timers.connect);
     this.#state = "connected";
     this.#hello = hello;
+    // The cluster's reconnection policy, unless the application set its own.
+    const policy = hello.reconnect;
+    if (
+      policy &&
+      this.#options.backoffBaseMs === undefined &&
+      this.#options.backoffCapMs === undefined &&
+      policy.base_ms > 0 &&
+      policy.max_ms >= policy.base_ms
+    ) {
+      this.#backoff = new Backoff(policy.base_ms, policy.max_ms);
+    }
     this.#backoff.reset();
     this.#attempt = 0;
     this.#policy.connected("websocket");
@@ -534,7 +545,7 @@ export class Client extends Emitter<ClientEvents> implements RoomHost {
     this.emit("disconnected", { code, reason, transport: this.#transport });
     // A draining node (1012) asks its clients to move now; only a failure
     // right after that waits.
-    this.#retry(code === 1012 && wasConnected ? 0 : this.#backoff.next());
+    this.#retry(code === 1012 && wasConnected ? drainSpread(reason) : this.#backoff.next());
   }
 
   /**

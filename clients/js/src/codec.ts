@@ -22,6 +22,8 @@ export interface HelloEvent {
   user: string;
   heartbeat_ms: number;
   max_frame: number;
+  /** The reconnection policy the cluster asks for (servers since 0.1). */
+  reconnect?: { base_ms: number; max_ms: number; jitter: string; after_drain_ms: number };
 }
 
 /**

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Backoff } from "../src/backoff.js";
+import { Backoff, drainSpread } from "../src/backoff.js";
 
 test("the bound doubles from base and stops at cap", () => {
   const b = new Backoff(100, 1000, () => 0.999999);
@@ -45,4 +45,14 @@ test("a long outage does not overflow the bound", () => {
 test("nonsensical bounds are refused", () => {
   assert.throws(() => new Backoff(0, 10), RangeError);
   assert.throws(() => new Backoff(100, 10), RangeError);
+});
+
+test("after a drain, a random delay up to what its close reason names", () => {
+  const reason = "node draining; reconnect within 2000 ms";
+  assert.equal(drainSpread(reason, () => 0), 0);
+  assert.equal(drainSpread(reason, () => 0.999999), 2000);
+  const delays = Array.from({ length: 500 }, () => drainSpread(reason));
+  assert.ok(delays.every((d) => d >= 0 && d <= 2000));
+  assert.ok(Math.max(...delays) > 1000, "the window is used");
+  assert.equal(drainSpread("node draining"), 0, "an older server: at once");
 });
