@@ -515,6 +515,51 @@ async fn a_long_poll_client_sees_every_message_once_across_100_polls() {
     assert_eq!(answer["events"], json!([]));
 }
 
+/// A poll session holds at most `limits.outbound_queue` events between
+/// polls: one that overflows ends, and the next poll resumes from its
+/// cursor, with `recovered: false` where history no longer reaches back.
+#[tokio::test]
+async fn a_poll_session_that_overflows_is_resumed_or_told_recovered_false() {
+    let mut env = FAST.to_vec();
+    env.push(("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "8"));
+    env.push(("SWITCHBOARD__HISTORY__SIZE", "10"));
+    let s = Server::start(&env);
+    let mut ws = s.client("alice").await;
+    let (_, first) = poll(&s.addr, "rooms=near,far&user=carol").await;
+    let cursor = first["cursor"].as_str().unwrap().to_owned();
+    // 5 to one room (history reaches back), 30 to the other (it does not):
+    // 35 events, more than the session holds.
+    for i in 0..5u64 {
+        ws.publish("near", i.into()).await.unwrap();
+    }
+    for i in 0..30u64 {
+        ws.publish("far", i.into()).await.unwrap();
+    }
+    s.wait_metric("switchboard_connections{transport=\"poll\"}", 0.0, WAIT)
+        .await;
+    let (status, answer) = poll(
+        &s.addr,
+        &format!("rooms=near,far&user=carol&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let joins: Vec<(String, bool)> = events(&answer, "join")
+        .map(|j| {
+            (
+                j["room"].as_str().unwrap().to_owned(),
+                j["recovered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(joins.contains(&("near".to_owned(), true)), "{joins:?}");
+    assert!(joins.contains(&("far".to_owned(), false)), "{joins:?}");
+    let near: Vec<u64> = events(&answer, "msg")
+        .filter(|m| m["room"] == "near")
+        .map(|m| m["data"].as_u64().unwrap())
+        .collect();
+    assert_eq!(near, [0, 1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn a_cursor_whose_session_is_gone_resumes_on_a_new_one_or_says_recovered_false() {
     let s = Server::start(&FAST);
