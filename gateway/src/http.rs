@@ -2,6 +2,7 @@
 //! listener.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
 use switchboard_telemetry::names;
 
 use crate::auth::{AuthError, Identity, RoomGrants};
+use crate::client_addr::Origin;
 use crate::node::NodeCtx;
 
 type Resp = Response<Full<Bytes>>;
@@ -47,8 +49,14 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Resp {
 }
 
 /// Routes one HTTP request.
-pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn route(
+    node: Arc<NodeCtx>,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let client = client_of(&node, &origin, &req);
     let resp = match (req.method(), path.as_str()) {
         // Upgrades are answered before hyper sees the connection
         // (upgrade.rs), so only as a connection's first request.
@@ -67,7 +75,7 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match crate::poll::poll(&node, query, auth).await {
+            match crate::poll::poll(&node, query, auth, client).await {
                 Ok(body) => json(StatusCode::OK, &body),
                 Err(r) => json_error(
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -147,7 +155,31 @@ pub async fn route(node: Arc<NodeCtx>, req: Request<Incoming>) -> Result<Resp, I
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
+    tracing::debug!(client = %client, method = %method, path, status = resp.status().as_u16(), "http request");
     Ok(resp)
+}
+
+/// The request's client: its own forwarding headers count, since a proxy
+/// may send several clients' requests over one kept-alive connection.
+fn client_of(node: &NodeCtx, origin: &Origin, req: &Request<Incoming>) -> IpAddr {
+    if !origin.trusted {
+        return origin.peer;
+    }
+    let joined = |name: &str| {
+        let all: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    };
+    origin.client(
+        &node.settings.http,
+        joined("forwarded").as_deref(),
+        joined("x-forwarded-for").as_deref(),
+    )
 }
 
 /// The room name in `{prefix}{room}{suffix}` (possibly empty: the handler

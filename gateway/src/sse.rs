@@ -27,9 +27,15 @@ const DISCARD_BUDGET: usize = 64 * 1024;
 
 /// Serves a stream whose request was checked, resuming from `from` (the
 /// client's `Last-Event-ID`).
-pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Positions) {
+pub async fn serve(
+    node: Arc<NodeCtx>,
+    stream: TcpStream,
+    feed: Feed,
+    from: Positions,
+    client: std::net::IpAddr,
+) {
     keep_alive(&stream, &node);
-    let (conn, registration) = feed.open(&node, &from, Transport::Sse).await;
+    let (conn, registration) = feed.open(&node, &from, Transport::Sse, client).await;
     let mut tracker = Tracker::new(feed.rooms.clone(), from);
     let retry = node.settings.sse.retry_ms;
     let retry = retry + fastrand::u64(0..=retry / 2);
