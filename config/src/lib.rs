@@ -5,8 +5,9 @@
 //! environment variables `SWITCHBOARD__SECTION__KEY`. A bad file or value is
 //! refused with one [`ConfigError`] naming the key, before anything starts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
@@ -75,6 +76,14 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Serve the demo page (`GET /demo`) and the browser SDK it loads.
     pub demo: bool,
+    /// Peers (load balancers, ingress controllers) whose word about the
+    /// client's address is taken: a PROXY header, `Forwarded`,
+    /// `X-Forwarded-For`. Anyone else's is ignored.
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection from a trusted proxy starts with a PROXY protocol
+    /// header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 impl Default for HttpSettings {
@@ -82,7 +91,93 @@ impl Default for HttpSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             demo: true,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
+    }
+}
+
+impl HttpSettings {
+    /// Whether `ip` is a trusted proxy. An IPv4 peer of a dual-stack
+    /// listener (`::ffff:10.0.0.1`) is matched as the IPv4 address it is.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is
+/// the block of that one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && masked(ip, self.prefix) == self.addr
+    }
+
+    /// The number of leading bits that name the block.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+/// `ip` with every bit after the first `prefix` cleared.
+fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("{s:?}: {why}");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("not an IP address or CIDR block (like 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad(&format!("prefix length must be 0 to {max}")))?,
+        };
+        // `10.1.2.3/8` is refused rather than read as 10.0.0.0/8: it is more
+        // likely a typo for a single address than a wish to trust a /8.
+        let net = masked(addr, prefix);
+        if net != addr {
+            return Err(bad(&format!(
+                "has bits set beyond its prefix (the block would be {net}/{prefix})"
+            )));
+        }
+        Ok(Cidr { addr, prefix })
     }
 }
 
@@ -233,7 +328,8 @@ pub struct LimitSettings {
     pub rooms_per_connection: usize,
     /// Time a client has to send a complete request head after connecting.
     pub handshake_timeout_ms: u64,
-    /// New connections accepted per second from one IP address, sustained,
+    /// New connections accepted per second from one client address (behind
+    /// `http.trusted_proxies`, the one they name), sustained,
     /// and in a burst; beyond them the connection gets 429 and is closed.
     pub connects_per_s_per_address: u32,
     pub connect_burst_per_address: u32,
@@ -398,6 +494,15 @@ pub struct DebugSettings {
     pub faults: bool,
 }
 
+/// `trusted_proxies`: a list, or commas in one string like `cluster.seeds`,
+/// each entry a [`Cidr`].
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    list_or_commas(d)?
+        .iter()
+        .map(|s| s.trim().parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -453,6 +558,14 @@ impl Settings {
             return err(
                 "node.name",
                 format!("{n:?}: must be 1 to 64 bytes of A-Z a-z 0-9 _ - ."),
+            );
+        }
+        if self.http.proxy_protocol && self.http.trusted_proxies.is_empty() {
+            // Nobody would be allowed to send the header: every connection
+            // from the load balancer would be refused.
+            return err(
+                "http.proxy_protocol",
+                "needs http.trusted_proxies: the addresses the PROXY headers come from".into(),
             );
         }
         for seed in &self.cluster.seeds {

@@ -110,6 +110,14 @@ fn every_rule_names_its_key() {
             "shutdown.drain_s",
         ),
         (&[("SWITCHBOARD__LIMITS__TYPO", "1")], "limits.typo"),
+        (
+            &[("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "10.0.0.0/33")],
+            "http.trusted_proxies",
+        ),
+        (
+            &[("SWITCHBOARD__HTTP__PROXY_PROTOCOL", "true")],
+            "http.proxy_protocol",
+        ),
     ];
     for (pairs, key) in cases {
         assert_eq!(&key_of(pairs), key, "{pairs:?}");
@@ -137,4 +145,62 @@ fn seeds_as_list_or_commas() {
     assert_eq!(s.cluster.seeds, vec!["a:1", "b:2"]);
     let s = load(&[("SWITCHBOARD__CLUSTER__SEEDS", "[\"a:1\", \"b:2\"]")]).unwrap();
     assert_eq!(s.cluster.seeds, vec!["a:1", "b:2"]);
+}
+
+#[test]
+fn trusted_proxies_as_list_or_commas() {
+    let s = load(&[(
+        "SWITCHBOARD__HTTP__TRUSTED_PROXIES",
+        "10.0.0.0/8, 2001:db8::/32,192.0.2.7",
+    )])
+    .unwrap();
+    let shown: Vec<String> = s.http.trusted_proxies.iter().map(Cidr::to_string).collect();
+    assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    let s = load(&[
+        ("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
+        ("SWITCHBOARD__HTTP__PROXY_PROTOCOL", "true"),
+    ])
+    .unwrap();
+    assert!(s.http.proxy_protocol);
+    assert_eq!(s.http.trusted_proxies.len(), 1);
+}
+
+#[test]
+fn a_bad_cidr_is_named_with_its_key() {
+    for (bad, says) in [
+        ("10.0.0.0/33", "prefix length must be 0 to 32"),
+        ("2001:db8::/129", "prefix length must be 0 to 128"),
+        ("10.1.2.3/8", "the block would be 10.0.0.0/8"),
+        ("ten.0.0.0/8", "not an IP address"),
+        ("10.0.0.0/", "prefix length"),
+        ("10.0.0.0/-1", "prefix length"),
+        ("", "not an IP address"),
+    ] {
+        let e =
+            load(&[("SWITCHBOARD__HTTP__TRUSTED_PROXIES", &format!("[{bad:?}]"))]).expect_err(bad);
+        assert_eq!(e.key, "http.trusted_proxies", "{bad}: {e}");
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn trusted_proxies_match_their_blocks_only() {
+    let s = load(&[(
+        "SWITCHBOARD__HTTP__TRUSTED_PROXIES",
+        "10.0.0.0/8,2001:db8::/32,192.0.2.7",
+    )])
+    .unwrap();
+    let trusted = |ip: &str| s.http.is_trusted_proxy(ip.parse().unwrap());
+    assert!(trusted("10.255.0.1") && trusted("10.0.0.0"));
+    assert!(!trusted("11.0.0.1") && !trusted("9.255.255.255"));
+    assert!(trusted("192.0.2.7") && !trusted("192.0.2.8"));
+    assert!(trusted("2001:db8:ffff::1") && !trusted("2001:db9::1"));
+    // A dual-stack listener sees IPv4 peers as IPv4-mapped addresses.
+    assert!(trusted("::ffff:10.1.2.3") && !trusted("::ffff:11.1.2.3"));
+    let all: Cidr = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("203.0.113.9".parse().unwrap()));
+    assert!(!all.contains("2001:db8::1".parse().unwrap()));
+    assert!(!Settings::default()
+        .http
+        .is_trusted_proxy("127.0.0.1".parse().unwrap()));
 }

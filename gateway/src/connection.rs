@@ -6,6 +6,7 @@
 //! which then overflows into a slow-consumer close.
 
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,7 @@ pub async fn serve(
     response: Vec<u8>,
     identity: Identity,
     endpoint: Endpoint,
+    client: IpAddr,
 ) {
     let id = ConnId(fastrand::u64(1..));
     let limits = &node.settings.limits;
@@ -73,7 +75,7 @@ pub async fn serve(
         node.clone(),
     ));
     // Runs the cleanup even if this task panics.
-    let registration = Registration::new(conn.clone(), Transport::Ws);
+    let registration = Registration::new(conn.clone(), Transport::Ws, client);
     let hb = &node.settings.heartbeat;
     if endpoint == Endpoint::Ws {
         node.presence.connect(id, user.clone(), out.clone());
@@ -86,7 +88,6 @@ pub async fn serve(
             &node.reconnect_policy(),
         ));
     }
-    tracing::debug!(conn = %id, user = %user, "connected");
 
     let mut reader = FrameReader::new(limits.max_frame_bytes);
     if !read.is_empty() {

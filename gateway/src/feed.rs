@@ -127,6 +127,7 @@ impl Feed {
         node: &Arc<NodeCtx>,
         from: &Positions,
         transport: Transport,
+        client: std::net::IpAddr,
     ) -> (Arc<Conn>, Registration) {
         let id = ConnId(fastrand::u64(1..));
         let out = Arc::new(Outbound::new(node.settings.limits.outbound_queue));
@@ -141,7 +142,7 @@ impl Feed {
             self.identity.grants.clone(),
             node.clone(),
         ));
-        let registration = Registration::new(conn.clone(), transport);
+        let registration = Registration::new(conn.clone(), transport, client);
         node.presence.connect(id, user, out);
         let joins = self
             .rooms

@@ -2,6 +2,7 @@
 //! listener.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use switchboard_router::{PublishReply, PublishRequest, RoomMsg};
 use switchboard_telemetry::names;
 
 use crate::auth::{AuthError, Identity, RoomGrants};
+use crate::client_addr::Origin;
 use crate::node::NodeCtx;
 
 type Resp = Response<Full<Bytes>>;
@@ -53,17 +55,19 @@ fn json_error(status: StatusCode, error: impl std::fmt::Display) -> Resp {
 /// Routes one HTTP request.
 pub async fn route(
     node: Arc<NodeCtx>,
+    origin: Origin,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let client = client_of(&node, &origin, &req);
     if req.method() == Method::GET && req.uri().path() == "/sse" {
-        return Ok(event_stream(node, &req));
+        return Ok(event_stream(node, &req, client));
     }
-    Ok(respond(node, req).await.map(Either::Left))
+    Ok(respond(node, client, req).await.map(Either::Left))
 }
 
 /// `GET /sse` on a connection that served other requests first (a stream
 /// that is its connection's first request is answered in upgrade.rs).
-fn event_stream(node: Arc<NodeCtx>, req: &Request<Incoming>) -> Response<Body> {
+fn event_stream(node: Arc<NodeCtx>, req: &Request<Incoming>, client: IpAddr) -> Response<Body> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let checked = crate::sse::check(
         &node,
@@ -74,7 +78,7 @@ fn event_stream(node: Arc<NodeCtx>, req: &Request<Incoming>) -> Response<Body> {
     match checked {
         Ok((feed, from)) => {
             let (tx, body) = Channel::new(1);
-            tokio::spawn(crate::sse::serve_body(node, tx, feed, from));
+            tokio::spawn(crate::sse::serve_body(node, tx, feed, from, client));
             let mut r = Response::new(Either::Right(body));
             for (name, value) in crate::sse::HEADERS {
                 r.headers_mut()
@@ -94,8 +98,9 @@ fn event_stream(node: Arc<NodeCtx>, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn respond(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
+async fn respond(node: Arc<NodeCtx>, client: IpAddr, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let resp = match (req.method(), path.as_str()) {
         // Upgrades are answered before hyper sees the connection
         // (upgrade.rs), so only as a connection's first request.
@@ -109,7 +114,7 @@ async fn respond(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match crate::poll::poll(&node, query, auth).await {
+            match crate::poll::poll(&node, query, auth, client).await {
                 Ok(body) => json(StatusCode::OK, &body),
                 Err(r) => {
                     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -193,7 +198,31 @@ async fn respond(node: Arc<NodeCtx>, req: Request<Incoming>) -> Resp {
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     };
+    tracing::debug!(client = %client, method = %method, path, status = resp.status().as_u16(), "http request");
     resp
+}
+
+/// The request's client: its own forwarding headers count, since a proxy
+/// may send several clients' requests over one kept-alive connection.
+fn client_of(node: &NodeCtx, origin: &Origin, req: &Request<Incoming>) -> IpAddr {
+    if !origin.trusted {
+        return origin.peer;
+    }
+    let joined = |name: &str| {
+        let all: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    };
+    origin.client(
+        &node.settings.http,
+        joined("forwarded").as_deref(),
+        joined("x-forwarded-for").as_deref(),
+    )
 }
 
 /// The room name in `{prefix}{room}{suffix}` (possibly empty: the handler

@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), warn(clippy::string_slice, clippy::indexing_slicing))]
 
 pub mod auth;
+mod client_addr;
 mod connection;
 mod demo;
 mod feed;
@@ -41,7 +42,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_config::Settings;
-use switchboard_telemetry::names;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -109,11 +109,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 }
 
 async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken) {
-    let limits = &node.settings.limits;
-    let mut per_address = ratelimit::AddressLimiter::new(
-        limits.connects_per_s_per_address,
-        limits.connect_burst_per_address,
-    );
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -128,14 +123,16 @@ async fn accept_loop(listener: TcpListener, node: Node, stop: CancellationToken)
                 continue;
             }
         };
-        if !per_address.allow(peer.ip(), std::time::Instant::now()) {
-            ::metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "address_rate")
-                .increment(1);
+        let origin = client_addr::Origin::new(peer.ip(), &node.settings.http);
+        // A direct client is limited before anything is read. A trusted
+        // proxy's connections are many clients': each is limited once its
+        // PROXY header or request head says whose it is (upgrade.rs).
+        if !origin.trusted && !node.connect_allowed(origin.peer) {
             tokio::spawn(upgrade::refuse_busy(stream));
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(upgrade::serve(stream, node.clone()));
+        tokio::spawn(upgrade::serve(stream, node.clone(), origin));
     }
 }
 

@@ -40,6 +40,10 @@ pub struct NodeCtx {
     /// Publish rate of clients using the HTTP API with their own token, per
     /// user; full buckets are forgotten.
     pub publish_buckets: DashMap<Arc<str>, crate::ratelimit::TokenBucket>,
+    /// New connections per client address (`limits.connects_per_s_per_address`):
+    /// taken by the accept loop for direct peers, and once the PROXY header
+    /// or request head names the client for a trusted proxy's connections.
+    pub connects: parking_lot::Mutex<crate::ratelimit::AddressLimiter>,
     /// Long-polling sessions, by their cursor's session id.
     pub polls: DashMap<ConnId, Arc<crate::poll::PollSession>>,
     /// Running Session actors, so that a failed one's connection is closed.
@@ -326,6 +330,10 @@ pub async fn start(
         )
         .into_boxed_str(),
     );
+    let connects = parking_lot::Mutex::new(crate::ratelimit::AddressLimiter::new(
+        settings.limits.connects_per_s_per_address,
+        settings.limits.connect_burst_per_address,
+    ));
     let ctx = Arc::new(NodeCtx {
         settings,
         rooms,
@@ -335,6 +343,7 @@ pub async fn start(
         node_router,
         auth,
         conns: DashMap::new(),
+        connects,
         polls: DashMap::new(),
         publish_buckets: DashMap::new(),
         sessions,
@@ -384,6 +393,20 @@ impl NodeCtx {
             .entry(user.clone())
             .or_insert_with(|| crate::ratelimit::TokenBucket::new(l.publish_per_s, l.publish_burst))
             .take(now)
+    }
+
+    /// Takes one new connection from `client`'s allowance; `false` (counted
+    /// as refused) when it is used up.
+    pub fn connect_allowed(&self, client: std::net::IpAddr) -> bool {
+        let allowed = self
+            .connects
+            .lock()
+            .allow(client, std::time::Instant::now());
+        if !allowed {
+            metrics::counter!(switchboard_telemetry::names::CONNECTIONS_REFUSED_TOTAL, "reason" => "address_rate")
+                .increment(1);
+        }
+        allowed
     }
 
     /// Serving: not draining, and (in a cluster) the seeds have been tried.

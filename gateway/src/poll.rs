@@ -87,6 +87,7 @@ pub async fn poll(
     node: &Arc<NodeCtx>,
     query: Option<&str>,
     authorization: Option<&str>,
+    client: std::net::IpAddr,
 ) -> Result<Value, Refused> {
     let feed = Feed::parse(node, query, authorization)?;
     let cursor = crate::auth::query_param(query, "cursor")
@@ -114,13 +115,18 @@ pub async fn poll(
         }
     }
     node.admit().map_err(busy)?;
-    let session = open(node, feed, from).await;
+    let session = open(node, feed, from, client).await;
     Ok(session.first_answer(node, timeout).await)
 }
 
 /// A new session: joined to every room, its first answer prepared.
-async fn open(node: &Arc<NodeCtx>, feed: Feed, from: Positions) -> Arc<PollSession> {
-    let (conn, registration) = feed.open(node, &from, Transport::Poll).await;
+async fn open(
+    node: &Arc<NodeCtx>,
+    feed: Feed,
+    from: Positions,
+    client: std::net::IpAddr,
+) -> Arc<PollSession> {
+    let (conn, registration) = feed.open(node, &from, Transport::Poll, client).await;
     let hello = feed.hello(node, &conn).to_json();
     let session = Arc::new(PollSession {
         conn,

@@ -59,8 +59,13 @@ pub const HEADERS: [(&str, &str); 3] = [
 ];
 
 /// What a stream starts with: its `retry:` (jittered) and `hello`.
-async fn open(node: &Arc<NodeCtx>, feed: Feed, from: Positions) -> (Stream, Vec<u8>) {
-    let (conn, registration) = feed.open(node, &from, Transport::Sse).await;
+async fn open(
+    node: &Arc<NodeCtx>,
+    feed: Feed,
+    from: Positions,
+    client: std::net::IpAddr,
+) -> (Stream, Vec<u8>) {
+    let (conn, registration) = feed.open(node, &from, Transport::Sse, client).await;
     let tracker = Tracker::new(feed.rooms.clone(), from);
     let retry = node.settings.sse.retry_ms;
     let retry = retry + fastrand::u64(0..=retry / 2);
@@ -83,7 +88,13 @@ struct Stream {
 
 /// Serves a stream whose request was checked, as its connection's first
 /// request: written straight to the socket, which closes when it ends.
-pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Positions) {
+pub async fn serve(
+    node: Arc<NodeCtx>,
+    stream: TcpStream,
+    feed: Feed,
+    from: Positions,
+    client: std::net::IpAddr,
+) {
     keep_alive(&stream, &node);
     let (
         Stream {
@@ -92,7 +103,7 @@ pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Posi
             _registration: registration,
         },
         first,
-    ) = open(&node, feed, from).await;
+    ) = open(&node, feed, from, client).await;
     let mut pending = b"HTTP/1.1 200 OK\r\n".to_vec();
     for (name, value) in HEADERS {
         pending.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
@@ -114,8 +125,14 @@ pub async fn serve(node: Arc<NodeCtx>, stream: TcpStream, feed: Feed, from: Posi
 /// (the request came after others on the same connection: clients that
 /// pool connections do that): written as the response body, which hyper
 /// sends chunked.
-pub async fn serve_body(node: Arc<NodeCtx>, mut body: Sender<Bytes>, feed: Feed, from: Positions) {
-    let (mut stream, first) = open(&node, feed, from).await;
+pub async fn serve_body(
+    node: Arc<NodeCtx>,
+    mut body: Sender<Bytes>,
+    feed: Feed,
+    from: Positions,
+    client: std::net::IpAddr,
+) {
+    let (mut stream, first) = open(&node, feed, from, client).await;
     let out = &stream.conn.out;
     if !send(&mut body, out, first).await {
         return;

@@ -1,6 +1,7 @@
 //! What every kind of client connection (a WebSocket, an SSE stream, a poll
 //! session) does when it opens and when it ends, counted per transport.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use switchboard_protocol::{CloseCode, EventSink};
@@ -37,16 +38,23 @@ impl Transport {
 pub struct Registration {
     conn: Arc<Conn>,
     transport: Transport,
+    /// The client's address (behind trusted proxies, the one they named).
+    client: IpAddr,
 }
 
 impl Registration {
-    pub fn new(conn: Arc<Conn>, transport: Transport) -> Self {
+    pub fn new(conn: Arc<Conn>, transport: Transport, client: IpAddr) -> Self {
         let node = conn.node();
         node.conns.insert(conn.id, conn.out.clone());
         let t = transport.label();
         metrics::gauge!(names::CONNECTIONS, "transport" => t).increment(1.0);
         metrics::counter!(names::CONNECTIONS_OPENED_TOTAL, "transport" => t).increment(1);
-        Self { conn, transport }
+        tracing::debug!(conn = %conn.id, user = %conn.user, client = %client, transport = t, "connected");
+        Self {
+            conn,
+            transport,
+            client,
+        }
     }
 }
 
@@ -67,6 +75,6 @@ impl Drop for Registration {
         metrics::gauge!(names::CONNECTIONS, "transport" => t).decrement(1.0);
         metrics::counter!(names::CONNECTIONS_CLOSED_TOTAL, "reason" => reason, "transport" => t)
             .increment(1);
-        tracing::debug!(conn = %self.conn.id, reason, transport = t, "closed");
+        tracing::debug!(conn = %self.conn.id, client = %self.client, reason, transport = t, "closed");
     }
 }

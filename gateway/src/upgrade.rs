@@ -1,9 +1,11 @@
-//! The first request on each TCP connection. A WebSocket upgrade to `/ws`
+//! The first request on each TCP connection (after the PROXY header, from a
+//! trusted load balancer with `http.proxy_protocol`). A WebSocket upgrade to `/ws`
 //! is answered here rather than by hyper: the `101` and the `hello` leave
 //! in one write and no HTTP state stays behind. Anything else (probes, metrics, the server
 //! API) goes to hyper together with the bytes already read.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -12,42 +14,95 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use switchboard_protocol::handshake::{parse_request_head, HeadError, RequestHead};
+use switchboard_protocol::proxy::{
+    parse_proxy_header, starts_with_proxy_signature, ProxyHeader, ProxyHeaderError,
+};
 use switchboard_protocol::SUBPROTOCOL;
+use switchboard_telemetry::names;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
+use crate::client_addr::Origin;
 use crate::connection::{self, Endpoint};
 use crate::{http, Node};
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(mut stream: TcpStream, node: Node) {
+pub async fn serve(mut stream: TcpStream, node: Node, mut origin: Origin) {
     let mut buf = Vec::new();
-    let timeout = node.settings.limits.handshake_timeout();
-    let head = match tokio::time::timeout(timeout, read_head(&mut stream, &mut buf)).await {
+    // The PROXY header and the request head share one deadline.
+    let deadline = tokio::time::Instant::now() + node.settings.limits.handshake_timeout();
+    let settings = &node.settings.http;
+    if origin.trusted && settings.proxy_protocol {
+        match tokio::time::timeout_at(deadline, read_proxy_header(&mut stream, &mut buf)).await {
+            Ok(Ok(Some(header))) => {
+                origin.proxied = header.source.map(|s| s.ip().to_canonical());
+                buf.drain(..header.len);
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                // Closed without an answer: the other end is a load
+                // balancer that got its own framing wrong, not a client.
+                refused_proxy_header(origin.peer, &e.to_string());
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %origin.peer, "no PROXY header within limits.handshake_timeout_ms");
+                return;
+            }
+        }
+    }
+    let head = match tokio::time::timeout_at(deadline, read_head(&mut stream, &mut buf)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return,
         Ok(Err(HeadError::TooLarge)) => {
-            return refuse(&mut stream, 431, "request head too large", "").await;
+            let client = origin.client(settings, None, None);
+            return refuse(&mut stream, client, 431, "request head too large", "").await;
         }
         Ok(Err(e @ HeadError::Malformed(_))) => {
-            return refuse(&mut stream, 400, &e.to_string(), "").await;
+            let client = origin.client(settings, None, None);
+            if starts_with_proxy_signature(&buf) {
+                // From a peer not in http.trusted_proxies (or with
+                // http.proxy_protocol off): nobody may say who it is.
+                refused_proxy_header(origin.peer, "not expected from this peer");
+                return refuse(
+                    &mut stream,
+                    client,
+                    400,
+                    "unexpected PROXY protocol header",
+                    "",
+                )
+                .await;
+            }
+            return refuse(&mut stream, client, 400, &e.to_string(), "").await;
         }
         Err(_) => {
-            tracing::debug!("no request head within limits.handshake_timeout_ms");
+            tracing::debug!(peer = %origin.peer, "no request head within limits.handshake_timeout_ms");
             return;
         }
     };
+    let client = origin.client(
+        settings,
+        head.forwarded.as_deref(),
+        head.x_forwarded_for.as_deref(),
+    );
+    // A trusted proxy's connections were let through the accept loop: each
+    // is limited here, by the client it is for.
+    if origin.trusted && !node.connect_allowed(client) {
+        drop((buf, head));
+        tracing::debug!(client = %client, peer = %origin.peer, "refused: connection rate of this address");
+        return refuse_busy(stream).await;
+    }
     if head.path == "/sse" && head.method == "GET" {
-        return sse(stream, buf, head, node).await;
+        return sse(stream, buf, head, node, client).await;
     }
     let endpoint = match head.path.as_str() {
         "/ws" => Endpoint::Ws,
         "/echo" if node.settings.debug.echo => Endpoint::Echo,
-        _ => return serve_http(stream, buf, node).await,
+        _ => return serve_http(stream, buf, node, origin).await,
     };
     if head.method != "GET" {
-        return serve_http(stream, buf, node).await;
+        return serve_http(stream, buf, node, origin).await;
     }
     match accept(&node, &head).and_then(|accepted| match endpoint {
         Endpoint::Ws => node.admit().map(|()| accepted).map_err(|s| {
@@ -67,20 +122,26 @@ pub async fn serve(mut stream: TcpStream, node: Node) {
             let rest = buf.split_off(head.len);
             drop((buf, head));
             tokio::spawn(connection::serve(
-                node, stream, rest, response, identity, endpoint,
+                node, stream, rest, response, identity, endpoint, client,
             ));
         }
         Err(Refusal {
             status,
             reason,
             headers,
-        }) => refuse(&mut stream, status, &reason, &headers).await,
+        }) => refuse(&mut stream, client, status, &reason, &headers).await,
     }
+}
+
+/// Counts and logs a connection refused for its PROXY header.
+fn refused_proxy_header(peer: IpAddr, why: &str) {
+    ::metrics::counter!(names::CONNECTIONS_REFUSED_TOTAL, "reason" => "proxy_header").increment(1);
+    tracing::debug!(peer = %peer, error = why, "refused: PROXY protocol header");
 }
 
 /// `GET /sse`: checked here, like an upgrade, so that a stream holds no
 /// HTTP state for its life.
-async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node) {
+async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node, client: IpAddr) {
     let checked = crate::sse::check(
         &node,
         head.query.as_deref(),
@@ -90,32 +151,58 @@ async fn sse(mut stream: TcpStream, buf: Vec<u8>, head: RequestHead, node: Node)
     drop((buf, head));
     match checked {
         Ok((feed, from)) => {
-            tokio::spawn(crate::sse::serve(node, stream, feed, from));
+            tokio::spawn(crate::sse::serve(node, stream, feed, from, client));
         }
         Err(e) => {
             let headers = e
                 .retry_after
                 .map(|s| format!("retry-after: {s}\r\n"))
                 .unwrap_or_default();
-            refuse(&mut stream, e.status, &e.reason, &headers).await;
+            refuse(&mut stream, client, e.status, &e.reason, &headers).await;
         }
     }
 }
 
 /// Reads until a request head is complete; `Ok(None)` if the client left.
+/// `buf` may hold bytes already (what followed a PROXY header).
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, HeadError> {
     use tokio::io::AsyncReadExt;
     loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_request_head(buf)? {
+                return Ok(Some(head));
+            }
+        }
         buf.reserve(1024);
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
-        if let Some(head) = parse_request_head(buf)? {
-            return Ok(Some(head));
+    }
+}
+
+/// Reads until a PROXY header is complete; `Ok(None)` if the peer left.
+/// Bytes read past the header (the request, often in the same segment)
+/// stay in `buf` after it. A peer that sends no header is refused on its
+/// first bytes, without waiting for more.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<ProxyHeader>, ProxyHeaderError> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if !buf.is_empty() {
+            if let Some(header) = parse_proxy_header(buf)? {
+                return Ok(Some(header));
+            }
+        }
+        buf.reserve(1024);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
         }
     }
 }
@@ -168,7 +255,8 @@ fn accept(node: &Node, head: &RequestHead) -> Result<(Identity, Vec<u8>), Refusa
 }
 
 /// Answers with a status and a one-line reason, and closes.
-async fn refuse(stream: &mut TcpStream, status: u16, reason: &str, headers: &str) {
+async fn refuse(stream: &mut TcpStream, client: IpAddr, status: u16, reason: &str, headers: &str) {
+    tracing::debug!(client = %client, status, reason, "refused");
     let _ = stream
         .write_all(closing_response(status, reason, headers).as_bytes())
         .await;
@@ -214,13 +302,15 @@ pub async fn refuse_busy(mut stream: TcpStream) {
     .await;
 }
 
-/// Hands the connection to hyper, the bytes already read first.
-async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node) {
+/// Hands the connection to hyper, the bytes already read first. Each
+/// request's client is found from its own headers: a proxy may send
+/// several clients' requests over one kept-alive connection.
+async fn serve_http(stream: TcpStream, read: Vec<u8>, node: Node, origin: Origin) {
     // Any request on it may be an event stream: a client gone from one is
     // then found as from a stream that came first (sse.rs).
     crate::sse::keep_alive(&stream, &node);
     let timeout = node.settings.limits.handshake_timeout();
-    let service = service_fn(move |req| http::route(node.clone(), req));
+    let service = service_fn(move |req| http::route(node.clone(), origin, req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)

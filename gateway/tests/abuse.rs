@@ -302,3 +302,235 @@ async fn raw_head(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Str
         head,
     )
 }
+
+// Clients behind proxies. The tests open TCP from 127.0.0.1 and write what
+// a proxy would (a PROXY header, X-Forwarded-For); 127.0.0.2 is a client of
+// its own (any 127/8 address reaches the loopback listener), used to scrape
+// the metrics without touching 127.0.0.1's allowance.
+
+const DIRECT: &str = "127.0.0.2";
+
+/// A WebSocket upgrade request with extra header lines.
+fn upgrade_request(extra: &str) -> Vec<u8> {
+    format!(
+        "GET /ws?user=behind HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+fn get_request(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").into_bytes()
+}
+
+/// Writes `bytes` on a new connection and reads the answer's status; 0 if
+/// the server closed the connection without one.
+async fn status_of(sock: &mut TcpStream, bytes: &[u8]) -> u16 {
+    // The server may close before all of it is written (a refused header).
+    let _ = sock.write_all(bytes).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(WAIT, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return 0,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within {WAIT:?}"),
+        }
+    }
+    std::str::from_utf8(&got[9..12]).unwrap().parse().unwrap()
+}
+
+/// The status of `bytes` sent on a new connection from 127.0.0.1 (what a
+/// proxy on this host opens).
+async fn via_proxy(addr: &str, bytes: &[u8]) -> u16 {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    status_of(&mut sock, bytes).await
+}
+
+/// Sends `bytes` until the answer is 429, at most `tries` times; returns
+/// the statuses before it (a token refills each second, so a few may pass
+/// between the burst and the refusal on a slow machine).
+async fn until_429(addr: &str, bytes: &[u8], tries: usize) -> Vec<u16> {
+    let mut before = Vec::new();
+    for _ in 0..tries {
+        match via_proxy(addr, bytes).await {
+            429 => return before,
+            s => before.push(s),
+        }
+    }
+    panic!("never refused with 429 in {tries} tries: {before:?}");
+}
+
+fn xff(ip: &str) -> String {
+    format!("X-Forwarded-For: 198.51.100.250, {ip}\r\n")
+}
+
+fn proxy_v1(ip: &str) -> Vec<u8> {
+    let family = if ip.contains(':') { "TCP6" } else { "TCP4" };
+    let dst = if ip.contains(':') { "::1" } else { "127.0.0.1" };
+    format!("PROXY {family} {ip} {dst} 40000 8080\r\n").into_bytes()
+}
+
+fn proxy_v2(command: u8, ip: [u8; 4]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x20 | command, 0x11, 0, 12]);
+    h.extend(ip);
+    h.extend([127, 0, 0, 1]);
+    h.extend(40000u16.to_be_bytes());
+    h.extend(8080u16.to_be_bytes());
+    h
+}
+
+fn cat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    [a, b].concat()
+}
+
+const SLOW_LIMIT: [(&str, &str); 2] = [
+    ("SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS", "1"),
+    ("SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS", "10"),
+];
+
+/// Statuses that may pass on an address whose allowance is used up: a token
+/// comes back each second, so fewer than this many unless the machine
+/// takes seconds per connection (a fresh address has `BURST`).
+const STILL_REFUSED: usize = 5;
+const BURST: usize = 10;
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_limited_by_their_forwarded_address() {
+    let mut env = SLOW_LIMIT.to_vec();
+    env.push(("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "127.0.0.1/32"));
+    let s = Server::start(&env);
+    let (a, b) = ("203.0.113.7", "203.0.113.8");
+
+    // a's burst, then 429 for a: a's allowance, not the proxy's (the
+    // proxy's is untouched: see the end).
+    for _ in 0..BURST {
+        assert_eq!(via_proxy(&s.addr, &upgrade_request(&xff(a))).await, 101);
+    }
+    let passed = until_429(&s.addr, &upgrade_request(&xff(a)), 20).await;
+    assert!(passed.iter().all(|st| *st == 101), "{passed:?}");
+    let mut refused = 1;
+    // b, through the same proxy, has its own: a WebSocket, an event stream
+    // and an HTTP request, while a is still refused on each.
+    assert_eq!(via_proxy(&s.addr, &upgrade_request(&xff(b))).await, 101);
+    let sse = get_request("/sse?rooms=r&user=b", &xff(b));
+    assert_eq!(via_proxy(&s.addr, &sse).await, 200);
+    let health = get_request("/healthz", &format!("Forwarded: for=\"{b}:4711\"\r\n"));
+    assert_eq!(via_proxy(&s.addr, &health).await, 200);
+    for request in [
+        get_request("/sse?rooms=r&user=a", &xff(a)),
+        get_request("/healthz", &format!("Forwarded: for={a}\r\n")),
+    ] {
+        let passed = until_429(&s.addr, &request, 20).await;
+        refused += 1;
+        assert!(passed.len() < STILL_REFUSED, "{passed:?}");
+    }
+    // The proxy's own requests (no forwarding header) are its own.
+    assert_eq!(via_proxy(&s.addr, &get_request("/healthz", "")).await, 200);
+    assert_eq!(
+        s.metric_from(
+            DIRECT,
+            r#"switchboard_connections_refused_total{reason="address_rate"}"#
+        )
+        .await,
+        refused as f64
+    );
+}
+
+#[tokio::test]
+async fn a_forged_x_forwarded_for_from_an_untrusted_peer_changes_nothing() {
+    let mut env = SLOW_LIMIT.to_vec();
+    env.push(("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "10.0.0.0/8"));
+    let s = Server::start(&env);
+    // A PROXY header from a peer that is not a trusted proxy: 400.
+    let forged = cat(&proxy_v1("203.0.113.50"), &get_request("/healthz", ""));
+    assert_eq!(via_proxy(&s.addr, &forged).await, 400);
+    // Every request claims another client; all are 127.0.0.1's.
+    let mut answers = Vec::new();
+    for i in 1..=3 * BURST {
+        let claim = format!("X-Forwarded-For: 203.0.113.{i}\r\nForwarded: for=203.0.113.{i}\r\n");
+        let st = via_proxy(&s.addr, &upgrade_request(&claim)).await;
+        answers.push(st);
+        if st == 429 {
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    assert_eq!(
+        s.metric_from(
+            DIRECT,
+            r#"switchboard_connections_refused_total{reason="proxy_header"}"#
+        )
+        .await,
+        1.0
+    );
+    // Another address is not affected by 127.0.0.1's flood.
+    let mut direct = common::connect_from(DIRECT, &s.addr).await;
+    assert_eq!(status_of(&mut direct, &upgrade_request("")).await, 101);
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_client_and_a_malformed_header_is_refused() {
+    let mut env = SLOW_LIMIT.to_vec();
+    env.push(("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "127.0.0.1/32"));
+    env.push(("SWITCHBOARD__HTTP__PROXY_PROTOCOL", "true"));
+    let s = Server::start(&env);
+    let ws = upgrade_request("");
+
+    // v2 (what an AWS NLB sends): a's burst, then 429 for a.
+    let a = cat(&proxy_v2(1, [203, 0, 113, 7]), &ws);
+    for _ in 0..BURST {
+        assert_eq!(via_proxy(&s.addr, &a).await, 101);
+    }
+    until_429(&s.addr, &a, 20).await;
+    // v1 (GCP's proxy load balancers) for b and an IPv6 client: their own.
+    let b = cat(&proxy_v1("203.0.113.8"), &ws);
+    assert_eq!(via_proxy(&s.addr, &b).await, 101);
+    let v6 = cat(&proxy_v1("2001:db8::8"), &get_request("/healthz", ""));
+    assert_eq!(via_proxy(&s.addr, &v6).await, 200);
+    // A forwarding header behind the PROXY header is the client's own
+    // word: a, refused, cannot pass as someone else.
+    let a_claiming = cat(
+        &proxy_v2(1, [203, 0, 113, 7]),
+        &upgrade_request("X-Forwarded-For: 198.51.100.1\r\n"),
+    );
+    let passed = until_429(&s.addr, &a_claiming, 20).await;
+    assert!(passed.len() < STILL_REFUSED, "{passed:?}");
+    // LOCAL (the load balancer's health check): the peer's own address.
+    let local = cat(&proxy_v2(0, [0, 0, 0, 0]), &get_request("/healthz", ""));
+    assert_eq!(via_proxy(&s.addr, &local).await, 200);
+
+    // Refused without an answer: no header, a malformed v1, a v2 of an
+    // unknown version, garbage.
+    let mut bad_v2 = proxy_v2(1, [203, 0, 113, 9]);
+    bad_v2[12] = 0x31;
+    for bad in [
+        get_request("/healthz", ""),
+        cat(b"PROXY TCP4 203.0.113.999 127.0.0.1 1 2\r\n", &ws),
+        cat(&bad_v2, &ws),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+    ] {
+        assert_eq!(via_proxy(&s.addr, &bad).await, 0, "{bad:?}");
+    }
+    // The node keeps serving: through the proxy, and a direct client
+    // (not a trusted proxy: no header expected) too.
+    let c = cat(&proxy_v1("203.0.113.10"), &ws);
+    assert_eq!(via_proxy(&s.addr, &c).await, 101);
+    let (status, _) = common::http_from(DIRECT, &s.addr, "GET", "/healthz", &[]).await;
+    assert_eq!(status, 200);
+    // A direct client may not send one.
+    let mut direct = common::connect_from(DIRECT, &s.addr).await;
+    assert_eq!(
+        status_of(&mut direct, &cat(&proxy_v1("203.0.113.11"), &ws)).await,
+        400
+    );
+    assert_eq!(
+        s.metric_from(
+            DIRECT,
+            r#"switchboard_connections_refused_total{reason="proxy_header"}"#
+        )
+        .await,
+        5.0
+    );
+}

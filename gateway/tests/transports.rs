@@ -961,3 +961,65 @@ async fn a_drained_node_ends_its_streams_which_resume_on_another_node() {
     got.sort_unstable();
     assert_eq!(got, (0..20).collect::<Vec<_>>());
 }
+
+/// Waits until one line of the node's log contains every one of `parts`.
+async fn wait_log(s: &Server, parts: &[&str]) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !s
+        .logs()
+        .lines()
+        .any(|l| parts.iter().all(|p| l.contains(p)))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line with {parts:?}:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn streams_and_polls_behind_a_trusted_proxy_are_known_by_the_forwarded_address() {
+    let s = Server::start(&[
+        ("SWITCHBOARD__HTTP__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS", "1"),
+        ("SWITCHBOARD__LIMITS__CONNECT_BURST_PER_ADDRESS", "3"),
+        ("RUST_LOG", "info,switchboard_gateway=debug"),
+    ]);
+    // What an ingress writes: the client's forged entry, then the address
+    // it saw.
+    let carol = [("X-Forwarded-For", "192.0.2.1, 203.0.113.7")];
+    let mut stream = sse(&s.addr, "/sse?rooms=r&user=carol", &carol)
+        .await
+        .unwrap();
+    stream.next_named("join").await;
+    wait_log(&s, &["connected", "client=203.0.113.7", "sse"]).await;
+    drop(stream);
+    wait_log(&s, &["closed", "client=203.0.113.7", "sse"]).await;
+
+    let dave = [("Forwarded", "for=\"[2001:db8::8]:4711\"")];
+    let (status, body) = http(&s.addr, "GET", "/poll?rooms=r&user=dave", &dave, b"").await;
+    assert_eq!(status, 200, "{body}");
+    wait_log(&s, &["connected", "client=2001:db8::8", "poll"]).await;
+    wait_log(&s, &["http request", "client=2001:db8::8", "/poll"]).await;
+
+    // Carol's address runs out of connections; another client behind the
+    // same proxy still gets a stream.
+    let mut refused = false;
+    for _ in 0..20 {
+        match sse(&s.addr, "/sse?rooms=r&user=carol", &carol).await {
+            Ok(_) => {}
+            Err((429, _)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(refused, "carol was never refused");
+    let erin = [("X-Forwarded-For", "203.0.113.9")];
+    let mut stream = sse(&s.addr, "/sse?rooms=r&user=erin", &erin).await.unwrap();
+    stream.next_named("join").await;
+    wait_log(&s, &["refused", "client=203.0.113.7"]).await;
+}

@@ -31,6 +31,12 @@ pub struct RequestHead {
     pub authorization: Option<String>,
     /// `Last-Event-ID`: where a Server-Sent Events stream resumes.
     pub last_event_id: Option<String>,
+    /// Every `Forwarded` header's value, joined with commas (see
+    /// [`crate::proxy::forwarded_for`]); believed only from a trusted proxy.
+    pub forwarded: Option<String>,
+    /// Every `X-Forwarded-For` header's value, joined with commas (see
+    /// [`crate::proxy::x_forwarded_for`]); believed only from a trusted proxy.
+    pub x_forwarded_for: Option<String>,
 }
 
 /// Why a request head cannot be parsed.
@@ -66,6 +72,11 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
     let headers: &[httparse::Header<'_>] = req.headers;
     let values = |name| header_values(headers, name);
     let first = |name| values(name).next().map(|v| v.trim().to_owned());
+    // Repeated headers are one comma-separated list (RFC 9110, 5.3).
+    let joined = |name| {
+        let all: Vec<&str> = values(name).map(str::trim).collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    };
     let upgrade = values("upgrade").any(|v| has_token(v, "websocket"))
         && values("connection").any(|v| has_token(v, "upgrade"));
     Ok(Some(RequestHead {
@@ -83,6 +94,8 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
             .collect(),
         authorization: first("authorization"),
         last_event_id: first("last-event-id"),
+        forwarded: joined("forwarded"),
+        x_forwarded_for: joined("x-forwarded-for"),
     }))
 }
 
@@ -155,6 +168,19 @@ mod tests {
         assert_eq!(head.query.as_deref(), Some("user=a"));
         assert!(head.upgrade && head.version_13);
         assert_eq!(head.subprotocols, ["a", "switchboard.v1"]);
+        assert_eq!((head.forwarded, head.x_forwarded_for), (None, None));
+    }
+
+    #[test]
+    fn repeated_forwarding_headers_are_one_list() {
+        let req = b"GET /sse HTTP/1.1\r\nX-Forwarded-For: 203.0.113.7\r\n\
+            x-forwarded-for: 10.0.0.2 \r\nForwarded: for=192.0.2.1\r\n\r\n";
+        let head = parse_request_head(req).ok().flatten().expect("complete");
+        assert_eq!(
+            head.x_forwarded_for.as_deref(),
+            Some("203.0.113.7, 10.0.0.2")
+        );
+        assert_eq!(head.forwarded.as_deref(), Some("for=192.0.2.1"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Everything a client and the gateway exchange over a WebSocket: the
 //! commands a client sends ([`Command`]), the events the server sends
-//! ([`event`]), the opening [`handshake`], the server side of the WebSocket
+//! ([`event`]), the opening [`handshake`] (and what a [`proxy`] in front
+//! of the server says about the client), the server side of the WebSocket
 //! framing ([`frames`]), the MessagePack codec for both, validation of names and
 //! fields, and the close codes. This crate does no I/O and knows nothing of
 //! tokio or actors, so it can be tested and fuzzed on its own.
@@ -26,6 +27,7 @@ pub mod handshake;
 pub mod json;
 mod name;
 pub mod position;
+pub mod proxy;
 mod room_set;
 mod sink;
 mod value;

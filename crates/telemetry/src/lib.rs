@@ -91,7 +91,7 @@ pub fn describe() {
     );
     describe_counter!(
         names::CONNECTIONS_REFUSED_TOTAL,
-        "Connections refused before the upgrade, by reason (address_rate)"
+        "Connections refused before the upgrade, by reason (address_rate, proxy_header)"
     );
     describe_counter!(names::MESSAGES_PUBLISHED_TOTAL, "Room messages sequenced");
     describe_counter!(

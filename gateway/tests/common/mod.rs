@@ -154,12 +154,27 @@ impl Server {
     /// e.g. `name{reason="x"}`), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.http("GET", "/metrics", &[], b"").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_in(&body, series)
     }
 
+    /// [`Server::metric`], scraped from the loopback address `local`: a
+    /// scrape that neither uses nor is limited by 127.0.0.1's allowance.
+    pub async fn metric_from(&self, local: &str, series: &str) -> f64 {
+        let (status, body) = http_from(local, &self.addr, "GET", "/metrics", &[]).await;
+        assert_eq!(status, 200, "scrape from {local}: {body}");
+        metric_in(&body, series)
+    }
+}
+
+/// One series' value in a Prometheus scrape, 0 if absent.
+fn metric_in(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+impl Server {
     /// Waits until `series` is `want`.
     pub async fn wait_metric(&self, series: &str, want: f64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -269,7 +284,43 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    http_on(s, addr, method, path, headers, body).await
+}
+
+/// A TCP connection to `addr` from the loopback address `local` (any of
+/// 127.0.0.0/8): a client with an address of its own, for tests of
+/// per-address limits and trusted proxies.
+pub async fn connect_from(local: &str, addr: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{local}:0").parse().expect("local address"))
+        .expect("bind");
+    sock.connect(addr.parse().expect("server address"))
+        .await
+        .expect("connect")
+}
+
+/// [`http`] over a connection from `local` (see [`connect_from`]).
+pub async fn http_from(
+    local: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let s = connect_from(local, addr).await;
+    http_on(s, addr, method, path, headers, b"").await
+}
+
+/// One HTTP/1.1 request on an open connection; returns (status, body).
+pub async fn http_on(
+    mut s: tokio::net::TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
