@@ -256,21 +256,30 @@ impl Cluster {
     /// Sends an encoded request to a peer and waits (up to
     /// [`CALL_TIMEOUT`]) for its encoded answer.
     pub async fn call(&self, node: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        self.request(node, bytes)?.await
+    }
+
+    /// Sends an encoded request to a peer now, in order with what this node
+    /// casts to it before and after, and returns the wait for its answer
+    /// (up to [`CALL_TIMEOUT`]; `None` without one): a caller that must
+    /// not wait hands that to a task of its own. `None` if the peer is not
+    /// in the view.
+    pub fn request(
+        &self,
+        node: &str,
+        bytes: Vec<u8>,
+    ) -> Option<impl Future<Output = Option<Vec<u8>>> + Send + 'static> {
         let router = self.router(node)?;
+        let (tx, rx) = ractor::concurrency::oneshot();
+        router
+            .cast(NodeRouterMsg::Call(bytes, (tx, CALL_TIMEOUT).into()))
+            .ok()?;
         metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "out").increment(1);
-        match router
-            .call(
-                |reply| NodeRouterMsg::Call(bytes, reply),
-                Some(CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(reply)) => {
-                metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "in").increment(1);
-                Some(reply)
-            }
-            _ => None,
-        }
+        Some(async move {
+            let reply = tokio::time::timeout(CALL_TIMEOUT, rx).await.ok()?.ok()?;
+            metrics::counter!(names::CLUSTER_MESSAGES_TOTAL, "direction" => "in").increment(1);
+            Some(reply)
+        })
     }
 }
 

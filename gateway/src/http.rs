@@ -467,7 +467,12 @@ async fn send(node: Arc<NodeCtx>, caller: Caller, req: Request<Incoming>) -> Res
     if let Err(r) = caller.check(&node, None) {
         return *r;
     }
-    match crate::node::send_dm(&node, &caller.from(), &to, &data).await {
+    let (here, there) = crate::node::send_dm(&node, &caller.from(), &to, &data);
+    let there = match there {
+        Some(there) => there.await,
+        None => 0,
+    };
+    match here + there {
         0 => json_error(
             StatusCode::NOT_FOUND,
             format!("to: user {to:?} is not online"),

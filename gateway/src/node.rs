@@ -1,5 +1,6 @@
 //! A gateway node: its actors, and the context every connection shares.
 
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,37 +148,50 @@ impl Inbound for App {
     }
 }
 
-/// Asks `node` to deliver a direct message to `to`'s connections there;
-/// how many connections got it.
-/// Sends `data` as a `dm` from `from` to every connection of user `to`,
-/// on every node; how many got it.
-pub async fn send_dm(node: &NodeCtx, from: &str, to: &str, data: &[u8]) -> u64 {
+/// Sends `data` as a `dm` from `from` to every connection of user `to`:
+/// delivered here at once, and sent now to every other node where `to` has
+/// connections (after whatever this caller sent before, so one sender's
+/// messages to one user keep their order). Returns how many connections
+/// here got it and, if other nodes were sent it, the wait for how many
+/// there did: a caller that must not wait for another node hands that to
+/// a task.
+pub fn send_dm(
+    node: &NodeCtx,
+    from: &str,
+    to: &str,
+    data: &[u8],
+) -> (u64, Option<impl Future<Output = u64> + Send + 'static>) {
     let dm = switchboard_protocol::event::dm(from, data);
-    let mut delivered = node.presence.send(to, &dm);
-    // Once to each other node where the user has connections, all at once.
-    let mut calls = tokio::task::JoinSet::new();
-    for peer in node.presence.nodes_of(to) {
-        let (cluster, to, dm) = (node.cluster.clone(), to.to_owned(), dm.clone());
-        calls.spawn(async move { dm_remote(&cluster, &peer, &to, &dm).await });
+    let here = node.presence.send(to, &dm);
+    let answers: Vec<_> = node
+        .presence
+        .nodes_of(to)
+        .into_iter()
+        .filter_map(|peer| {
+            let req = PresenceWire::Dm {
+                to: to.to_owned(),
+                event: dm.to_vec(),
+            };
+            node.cluster.request(&peer, req.encode())
+        })
+        .collect();
+    if answers.is_empty() {
+        return (here, None);
     }
-    while let Some(n) = calls.join_next().await {
-        delivered += n.unwrap_or(0);
-    }
-    delivered
-}
-
-async fn dm_remote(cluster: &Cluster, node: &str, to: &str, event: &[u8]) -> u64 {
-    let req = PresenceWire::Dm {
-        to: to.to_owned(),
-        event: event.to_vec(),
+    let there = async move {
+        let mut delivered = 0;
+        // All were sent already: waiting for them one after the other takes
+        // as long as the slowest.
+        for answer in answers {
+            if let Some(Ok(PresenceWire::Delivered { count })) =
+                answer.await.map(|a| PresenceWire::decode(&a))
+            {
+                delivered += count;
+            }
+        }
+        delivered
     };
-    match cluster.call(node, req.encode()).await {
-        Some(answer) => match PresenceWire::decode(&answer) {
-            Ok(PresenceWire::Delivered { count }) => count,
-            _ => 0,
-        },
-        None => 0,
-    }
+    (here, Some(there))
 }
 
 /// The root of the node's supervision tree. A failure of one of its

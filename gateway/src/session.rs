@@ -300,16 +300,33 @@ impl Conn {
                     .map_err(|e| unavailable(&e))?;
             }
             CommandKind::Send { to, data } => {
-                let delivered = crate::node::send_dm(&self.node, &self.user, &to, &data).await;
-                if delivered == 0 {
-                    return Err(CommandError::new(
+                let (here, there) = crate::node::send_dm(&self.node, &self.user, &to, &data);
+                let reply = move |delivered: u64| match delivered {
+                    0 => Some(event::err(
                         id,
                         ErrorCode::NotFound,
-                        format!("to: user {to:?} is not online"),
-                    ));
-                }
-                if id != 0 {
-                    self.out.push(event::ok_send(id, delivered));
+                        &format!("to: user {to:?} is not online"),
+                    )),
+                    _ if id == 0 => None,
+                    n => Some(event::ok_send(id, n)),
+                };
+                match there {
+                    None => {
+                        if let Some(r) = reply(here) {
+                            self.out.push(r);
+                        }
+                    }
+                    // Other nodes answer later: the connection's next
+                    // commands do not wait for them; this reply comes when
+                    // they did.
+                    Some(there) => {
+                        let out = self.out.clone();
+                        tokio::spawn(async move {
+                            if let Some(r) = reply(here + there.await) {
+                                out.push(r);
+                            }
+                        });
+                    }
                 }
             }
             CommandKind::Presence { room } => {
