@@ -453,6 +453,82 @@ async fn a_room_whose_home_cannot_be_reached_answers_503() {
     to_n2.heal();
 }
 
+/// A home (or a node with a user's connections) that has stopped answering
+/// delays only what needs its answer: the relay here goes on serving the
+/// room's other members, and a connection's next commands do not wait for
+/// a `send` to that node.
+#[tokio::test]
+async fn a_peer_that_does_not_answer_stalls_neither_a_relay_nor_a_session() {
+    let (nodes, to_n1, to_n2) = common::cluster_with_proxied_link(&[]).await;
+    let names = ["n1", "n2", "n3"];
+    let room = room_homed_on("stall", "n2", &names);
+    // m1 makes n1 a relay of the room, subscribed at n2.
+    let mut m1 = nodes[0].client("m1").await;
+    let ok = m1.join(&room).await.unwrap();
+    let epoch = ok.str("epoch").unwrap().to_owned();
+    let mut m2 = nodes[0].client("m2").await;
+    // A user online on n2 only, known to n1's presence.
+    let mut far = nodes[1].client("far").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while m1.send_to("far", "hi".into()).await.unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "n1 never saw far");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    far.next_op("dm", WAIT).await.unwrap();
+
+    to_n1.blackhole();
+    to_n2.blackhole();
+    // m2 resumes the room: its join needs the home's answer.
+    let since = Value::Map(vec![
+        ("epoch".into(), epoch.as_str().into()),
+        ("offset".into(), 0u64.into()),
+    ]);
+    let join = switchboard_client::encode_command(&[
+        ("op", "join".into()),
+        ("id", Field::Value(Value::from(7u64))),
+        ("room", room.as_str().into()),
+        ("since", Field::Value(since)),
+    ]);
+    m2.send_binary(join).await.unwrap();
+    // m1 sends far a message, which n2 must count, then pings: the pong
+    // comes first (a session that awaited n2 would answer it only after the
+    // send's reply, up to the 2 s call timeout later).
+    let mut send_then_ping = switchboard_client::encode_command(&[
+        ("op", "send".into()),
+        ("id", Field::Value(Value::from(1u64))),
+        ("to", "far".into()),
+        ("data", "psst".into()),
+    ]);
+    send_then_ping.extend(switchboard_client::encode_command(&[
+        ("op", "ping".into()),
+        ("id", Field::Value(Value::from(2u64))),
+    ]));
+    m1.send_binary(send_then_ping).await.unwrap();
+    let first = m1
+        .next_matching(WAIT, |e| matches!(e.u64("id"), Some(1 | 2)))
+        .await
+        .unwrap();
+    assert_eq!(first.op(), "pong", "{first:?}");
+    // Meanwhile m1 leaves the room, and its leave is answered while m2's
+    // join still waits (a relay that awaited the home would answer it only
+    // after the join).
+    m1.leave(&room).await.unwrap();
+    match m2.next_event(Duration::ZERO).await {
+        Err(switchboard_client::ClientError::Timeout) => {}
+        other => panic!("the join was answered before the leave: {other:?}"),
+    }
+    // Both get their answers once n2 answers or is dropped from the view.
+    let answer = m2.reply(7, Duration::from_secs(10)).await.unwrap();
+    assert!(
+        answer.op() == "ok" || answer.u64("code") == Some(503),
+        "{answer:?}"
+    );
+    let send_reply = m1.reply(1, Duration::from_secs(10)).await.unwrap();
+    assert!(matches!(send_reply.op(), "ok" | "err"), "{send_reply:?}");
+    to_n1.heal();
+    to_n2.heal();
+}
+
 #[tokio::test]
 async fn clients_of_a_draining_node_recover_elsewhere() {
     let mut env = FAST.to_vec();

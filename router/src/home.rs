@@ -227,7 +227,7 @@ async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Option<Acquir
 
 /// Installs what the acquisition found, becomes the home, and handles what
 /// waited.
-pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: Acquired) {
+pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: Acquired) {
     let queue = {
         let mut core = state.core.lock();
         if !matches!(core.mode, Mode::Acquiring { .. }) {
@@ -317,7 +317,7 @@ pub(crate) async fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, 
         queue
     };
     for msg in queue {
-        dispatch(myself, state, msg).await;
+        dispatch(myself, state, msg);
     }
 }
 

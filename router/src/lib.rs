@@ -15,8 +15,11 @@ mod copy;
 mod history;
 mod home;
 mod member;
+mod relay;
 mod room;
+mod room_core;
 mod rooms;
+mod sequencer;
 mod supervisor;
 pub mod wire;
 

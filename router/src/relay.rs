@@ -1,0 +1,359 @@
+//! A relay's side of a room: joins that wait for the home's answer without
+//! stopping the room, deliveries applied in order (never past a gap or
+//! across epochs), and re-subscribing when the home changed or a delivery
+//! was missed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::ActorRef;
+use switchboard_protocol::{event, Bytes, EventSink};
+
+use switchboard_cluster::Home;
+use switchboard_telemetry::names;
+
+use crate::room::{
+    add_member, gate, join, leave, push_joined, refuse_join, JoinRequest, Joining, Mode, RoomCore,
+    RoomMsg, RoomState,
+};
+use crate::rooms::RoomContext;
+use crate::wire::{RoomWire, SinceWire};
+
+/// The home answered a waiting join's subscription: the member gets its
+/// `ok` and replay, then what the members here were delivered since the
+/// home answered, and is a member from there on.
+pub(crate) fn joined(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    ticket: u64,
+    home: Arc<str>,
+    answer: Option<RoomWire>,
+) {
+    let mut core = state.core.lock();
+    let Some(at) = core.joining.iter().position(|j| j.ticket == ticket) else {
+        return;
+    };
+    let Joining {
+        req,
+        leave: then_leave,
+        ..
+    } = core.joining.swap_remove(at);
+    if core.joining.is_empty() {
+        core.delivered_meanwhile.clear();
+    }
+    let name = core.name.clone();
+    let conn = req.member.conn;
+    let still_home = state.ctx.cluster.home(&name) == Home::Remote(home.clone());
+    let answered = match answer {
+        Some(RoomWire::Subscribed {
+            epoch,
+            offset,
+            recovered,
+            replay,
+        }) if still_home => Some((epoch, offset, recovered, replay)),
+        _ => None,
+    };
+    let Some((epoch, offset, recovered, replay)) = answered else {
+        if let Mode::Subscribing { .. } = core.mode {
+            if core.joining.is_empty() {
+                core.mode = Mode::Idle;
+            }
+        }
+        drop(core);
+        if still_home {
+            tracing::warn!(room = %name, home = %home, "subscribe failed");
+            refuse_join(req.member, req.id, req.refused);
+            if let Some(ack) = then_leave {
+                leave(state, conn, ack);
+            }
+        } else {
+            // The home moved while the join waited: it goes the new way.
+            rejoin(myself, state, req, then_leave);
+        }
+        return;
+    };
+    let held = match &mut core.mode {
+        Mode::Subscribing { home: h, held } if *h == home => {
+            let held = std::mem::take(held);
+            core.mode = Mode::Relay {
+                home: home.clone(),
+                epoch: epoch.clone(),
+                last: offset,
+            };
+            Some(held)
+        }
+        _ => None,
+    };
+    let following = match &core.mode {
+        Mode::Relay {
+            home: h,
+            epoch: e,
+            last,
+        } if *h == home && *e == epoch => Some(*last),
+        _ => None,
+    };
+    let Some(last) = following else {
+        // Re-subscribing, or following another epoch: the join starts over
+        // against where the room is now.
+        drop(core);
+        rejoin(myself, state, req, then_leave);
+        return;
+    };
+    let JoinRequest { member, id, .. } = req;
+    let ok = (id != 0).then(|| event::ok_join(id, &name, &epoch, offset, recovered));
+    let mut events: Vec<&[u8]> = replay.iter().map(|ev| &ev[..]).collect();
+    // Delivered here after the home answered (the answer took longer than
+    // they did to arrive).
+    events.extend(
+        core.delivered_meanwhile
+            .iter()
+            .filter(|(e, o, _)| *e == epoch && *o > offset && *o <= last)
+            .map(|(_, _, ev)| &ev[..]),
+    );
+    push_joined(&*member.sink, ok, events.into_iter());
+    add_member(&mut core, member.clone(), last.max(offset));
+    let mut again = None;
+    for (e, o, ev) in held.into_iter().flatten() {
+        if let Some(h) = relay(&mut core, e, o, ev) {
+            again = Some(h);
+        }
+    }
+    if let Some(h) = again {
+        start_sync(myself, &state.ctx, &mut core, h);
+    }
+    drop(core);
+    state.ctx.observer.joined(&name, &member);
+    if let Some(ack) = then_leave {
+        leave(state, conn, ack);
+    }
+}
+
+/// Handles a waiting join (and the leave that followed it) again, now: a
+/// message queued meanwhile must not overtake it.
+pub(crate) fn rejoin(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    req: JoinRequest,
+    then_leave: Option<Option<(u64, Arc<dyn EventSink>)>>,
+) {
+    let conn = req.member.conn;
+    if let Some(RoomMsg::Join(req)) = gate(myself, state, RoomMsg::Join(Box::new(req))) {
+        join(myself, state, *req);
+    }
+    if let Some(ack) = then_leave {
+        if let Some(RoomMsg::Leave { conn, ack }) =
+            gate(myself, state, RoomMsg::Leave { conn, ack })
+        {
+            leave(state, conn, ack);
+        }
+    }
+}
+
+pub(crate) fn deliver(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    from: &str,
+    epoch: String,
+    offset: u64,
+    ev: Bytes,
+) {
+    let mut core = state.core.lock();
+    if let Mode::Relay { home, .. } | Mode::Syncing { home, .. } | Mode::Subscribing { home, .. } =
+        &core.mode
+    {
+        // A node that released it after the room moved on (it no longer
+        // holds the room, or never learnt it moved): not this relay's
+        // sequence. Its members get the room from the home it follows.
+        if !from.is_empty() && **home != *from {
+            tracing::debug!(room = %core.name, from, following = %home, offset, "delivery from a node not followed");
+            return;
+        }
+    }
+    let resync = relay(&mut core, epoch, offset, ev);
+    if let Some(home) = resync {
+        start_sync(myself, &state.ctx, &mut core, home);
+    }
+}
+
+/// Applies one delivery from the home. Never delivers past a gap or
+/// across epochs: holds the message and returns the home to re-subscribe
+/// at, whose answer fills the gap or resets the members.
+pub(crate) fn relay(
+    core: &mut RoomCore,
+    epoch: String,
+    offset: u64,
+    ev: Bytes,
+) -> Option<Arc<str>> {
+    let (home, e, last) = match &mut core.mode {
+        Mode::Relay { home, epoch, last } => (home.clone(), epoch, last),
+        Mode::Syncing { held, .. } | Mode::Subscribing { held, .. } => {
+            held.push((epoch, offset, ev));
+            return None;
+        }
+        // Not subscribed (any more): a message still on its way.
+        _ => return None,
+    };
+    if *e == epoch && offset <= *last {
+        return None;
+    }
+    if *e != epoch || offset != *last + 1 {
+        tracing::info!(room = %core.name, home = %home, epoch, offset, following = %e, last = *last, "gap or new epoch from the home; re-subscribing");
+        let held = vec![(epoch, offset, ev)];
+        if let Mode::Relay { home, epoch, last } = std::mem::replace(&mut core.mode, Mode::Idle) {
+            core.mode = Mode::Syncing {
+                home,
+                epoch,
+                last,
+                held,
+                asked: 0,
+            };
+        }
+        return Some(home);
+    }
+    *last = offset;
+    if !core.joining.is_empty() {
+        core.delivered_meanwhile.push((epoch, offset, ev.clone()));
+    }
+    let now = Instant::now();
+    let mut delivered = 0u64;
+    for slot in core.members.values_mut() {
+        if slot.delivered < offset {
+            slot.member.sink.deliver(ev.clone(), now);
+            slot.delivered = offset;
+            delivered += 1;
+        }
+    }
+    metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).increment(delivered);
+    None
+}
+
+/// Re-subscribes at `home` without waiting for it: the answer comes back
+/// as `Resynced`. Members stay; deliveries are held meanwhile.
+pub(crate) fn start_sync(
+    myself: &ActorRef<RoomMsg>,
+    ctx: &RoomContext,
+    core: &mut RoomCore,
+    home: Arc<str>,
+) {
+    if core.members.is_empty() {
+        core.mode = Mode::Idle;
+        return;
+    }
+    let (epoch, last, held) = match std::mem::replace(&mut core.mode, Mode::Idle) {
+        Mode::Relay { epoch, last, .. } => (epoch, last, Vec::new()),
+        Mode::Syncing {
+            epoch, last, held, ..
+        } => (epoch, last, held),
+        Mode::Acquiring {
+            epoch: Some((epoch, last)),
+            ..
+        } => (epoch, last, Vec::new()),
+        Mode::Home { .. } | Mode::Idle | Mode::Acquiring { .. } | Mode::Subscribing { .. } => (
+            core.history.epoch.clone(),
+            core.history.released(),
+            Vec::new(),
+        ),
+    };
+    let req = RoomWire::Subscribe {
+        room: core.name.to_string(),
+        node: ctx.cluster.me().to_string(),
+        since: Some(SinceWire {
+            epoch: epoch.clone(),
+            offset: last,
+        }),
+    };
+    core.mode = Mode::Syncing {
+        home: home.clone(),
+        epoch,
+        last,
+        asked: held.len(),
+        held,
+    };
+    let (cluster, myself) = (ctx.cluster.clone(), myself.clone());
+    tokio::spawn(async move {
+        let answer = cluster
+            .call(&home, req.encode())
+            .await
+            .and_then(|a| RoomWire::decode(&a).ok());
+        let _ = myself.cast(RoomMsg::Resynced { home, answer });
+    });
+}
+
+pub(crate) fn resynced(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    home: Arc<str>,
+    answer: Option<RoomWire>,
+) {
+    let mut core = state.core.lock();
+    let (epoch, last) = match &core.mode {
+        Mode::Syncing {
+            home: h,
+            epoch,
+            last,
+            ..
+        } if *h == home => (epoch.clone(), *last),
+        // Overtaken by a join's own subscription or another move.
+        _ => return,
+    };
+    let Some(RoomWire::Subscribed {
+        epoch: now_epoch,
+        offset,
+        recovered,
+        replay,
+    }) = answer
+    else {
+        tracing::debug!(room = %core.name, home = %home, "re-subscription not answered; retrying");
+        myself.send_after(RESYNC_RETRY, || RoomMsg::Resync);
+        return;
+    };
+    let Mode::Syncing { held, asked, .. } = std::mem::replace(&mut core.mode, Mode::Idle) else {
+        return;
+    };
+    let continued = recovered == Some(true) && now_epoch == epoch;
+    core.mode = Mode::Relay {
+        home: home.clone(),
+        epoch: now_epoch.clone(),
+        last: if continued { last } else { offset },
+    };
+    if continued {
+        for (i, ev) in replay.into_iter().enumerate() {
+            let at = last + 1 + i as u64;
+            relay(&mut core, now_epoch.clone(), at, Bytes::from(ev.into_vec()));
+        }
+    } else {
+        core.reset_members(&now_epoch, offset, "home_changed");
+        core.superseded(&state.ctx, &now_epoch);
+    }
+    let mut again = None;
+    for (i, (e, o, ev)) in held.into_iter().enumerate() {
+        // An epoch the home had left when it answered: never again (else
+        // such a delivery would send the relay back to the home forever).
+        if i < asked && e != now_epoch {
+            tracing::debug!(room = %core.name, epoch = e, offset = o, "delivery of an epoch the home left");
+            continue;
+        }
+        if let Some(h) = relay(&mut core, e, o, ev) {
+            again = Some(h);
+        }
+    }
+    if let Some(home) = again {
+        start_sync(myself, &state.ctx, &mut core, home);
+    }
+}
+
+pub(crate) fn resync_again(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
+    let mut core = state.core.lock();
+    let Mode::Syncing { home, .. } = &core.mode else {
+        return;
+    };
+    let home = home.clone();
+    match state.ctx.cluster.home(&core.name) {
+        Home::Remote(now) if now == home => start_sync(myself, &state.ctx, &mut core, home),
+        // The view moved on; its ViewChanged re-routes the room.
+        _ => {}
+    }
+}
+
+/// How long a relay waits before asking a home that did not answer again.
+const RESYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(500);

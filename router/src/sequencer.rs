@@ -1,0 +1,194 @@
+//! The home's side of a room: sequencing publications (or forwarding them
+//! to the home), releasing them to members and subscribed nodes, and
+//! answering subscriptions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_bytes::ByteBuf;
+use switchboard_protocol::event;
+
+use switchboard_cluster::Home;
+use switchboard_telemetry::names;
+
+use crate::history::Recovery;
+use crate::room::{is_home, Mode, PublishReply, PublishRequest, RoomCore, RoomState};
+use crate::rooms::RoomContext;
+use crate::wire::{RoomWire, SinceWire};
+
+pub(crate) fn publish(state: &mut RoomState, req: PublishRequest) {
+    let name = state.core.lock().name.clone();
+    match state.ctx.cluster.home(&name) {
+        Home::Local => sequence(state, req),
+        Home::Remote(home) => {
+            if req.hops >= MAX_HOPS {
+                req.reply.fail(&state.ctx, &name);
+                return;
+            }
+            let (origin, ack) = match req.reply {
+                // Forwarded already: the origin waits for the ack, not us.
+                PublishReply::Remote { node, ack } => (node, Some(ack)),
+                PublishReply::None => (state.ctx.cluster.me().clone(), None),
+                reply => {
+                    let mut core = state.core.lock();
+                    let ack = core.next_ack;
+                    core.next_ack += 1;
+                    core.pending.insert(ack, reply);
+                    (state.ctx.cluster.me().clone(), Some(ack))
+                }
+            };
+            let msg = RoomWire::Publish {
+                room: name.to_string(),
+                from: req.from.to_string(),
+                data: ByteBuf::from(req.data.to_vec()),
+                msg_id: req.msg_id,
+                origin: origin.to_string(),
+                ack,
+                hops: req.hops + 1,
+            };
+            if !state.ctx.cluster.send(&home, msg.encode()) {
+                tracing::warn!(room = %name, home = %home, "cannot reach the home");
+                let failed = ack.and_then(|a| state.core.lock().pending.remove(&a));
+                if let Some(r) = failed {
+                    r.fail(&state.ctx, &name);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn sequence(state: &mut RoomState, req: PublishRequest) {
+    let now = Instant::now();
+    let mut core = state.core.lock();
+    if !is_home(&core) {
+        let name = core.name.clone();
+        drop(core);
+        req.reply.fail(&state.ctx, &name);
+        return;
+    }
+    let name = core.name.clone();
+    let epoch = core.history.epoch.clone();
+    let msg_id = req.msg_id.as_deref();
+    if let Some(offset) = msg_id.and_then(|m| core.history.offset_of(m)) {
+        if offset <= core.history.released() {
+            drop(core);
+            req.reply.send(&state.ctx, &name, &epoch, offset);
+        } else {
+            core.waiting.push_back((offset, req.reply));
+        }
+        return;
+    }
+    let (offset, ev) = core.history.append(now, msg_id, |offset| {
+        event::msg(&name, offset, &req.from, &req.data)
+    });
+    metrics::counter!(names::MESSAGES_PUBLISHED_TOTAL).increment(1);
+    core.waiting.push_back((offset, req.reply));
+    match &core.follower {
+        Some(f) => {
+            let append = RoomWire::Append {
+                room: name.to_string(),
+                home: state.ctx.cluster.me().to_string(),
+                epoch,
+                entry: crate::wire::Logged {
+                    offset,
+                    msg_id: req.msg_id.clone(),
+                    age_ms: 0,
+                    event: ByteBuf::from(ev.to_vec()),
+                },
+            };
+            state.ctx.cluster.send(&f.node, append.encode());
+        }
+        None => release(&mut core, &state.ctx, offset),
+    }
+}
+
+/// Delivers everything sequenced up to `upto` that was not yet: to the
+/// members here, once to each subscribed node, and the publishers' `ok`s.
+pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
+    let now = Instant::now();
+    let events = core.history.release(upto);
+    let RoomCore {
+        name,
+        history,
+        members,
+        mode,
+        waiting,
+        ..
+    } = core;
+    let mut delivered = 0u64;
+    for (offset, ev) in events {
+        for slot in members.values_mut().filter(|s| s.delivered < offset) {
+            if slot.member.sink.deliver(ev.clone(), now) {
+                delivered += 1;
+            }
+            slot.delivered = offset;
+        }
+        if let Mode::Home { subscribers } = mode {
+            if !subscribers.is_empty() {
+                // Encoded once, sent once per node with members.
+                let bytes = RoomWire::Deliver {
+                    room: name.to_string(),
+                    epoch: history.epoch.clone(),
+                    offset,
+                    event: ByteBuf::from(ev.to_vec()),
+                    home: ctx.cluster.me().to_string(),
+                }
+                .encode();
+                subscribers.retain(|node| ctx.cluster.send(node, bytes.clone()));
+            }
+        }
+    }
+    metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).increment(delivered);
+    let released = history.released();
+    while waiting.front().is_some_and(|(o, _)| *o <= released) {
+        if let Some((offset, reply)) = waiting.pop_front() {
+            reply.send(ctx, name, &history.epoch, offset);
+        }
+    }
+}
+
+pub(crate) fn subscribe(
+    state: &mut RoomState,
+    node: Arc<str>,
+    since: Option<SinceWire>,
+) -> RoomWire {
+    let name = state.core.lock().name.clone();
+    if !matches!(state.ctx.cluster.home(&name), Home::Local) {
+        return RoomWire::Error {
+            reason: format!("{} is not the home of {name}", state.ctx.cluster.me()),
+        };
+    }
+    let mut core = state.core.lock();
+    if !is_home(&core) {
+        return RoomWire::Error {
+            reason: format!("{} does not hold {name} yet", state.ctx.cluster.me()),
+        };
+    }
+    let RoomCore { history, mode, .. } = &mut *core;
+    if let Mode::Home { subscribers } = mode {
+        subscribers.insert(node);
+    }
+    let (recovered, replay) = match &since {
+        None => (None, Vec::new()),
+        Some(s) => match history.since(&s.epoch, s.offset) {
+            Recovery::Replay(events) => (
+                Some(true),
+                events
+                    .into_iter()
+                    .map(|e| ByteBuf::from(e.to_vec()))
+                    .collect(),
+            ),
+            Recovery::Lost => (Some(false), Vec::new()),
+        },
+    };
+    RoomWire::Subscribed {
+        epoch: history.epoch.clone(),
+        offset: history.released(),
+        recovered,
+        replay,
+    }
+}
+
+/// Forwarding more often than this means the nodes' views disagree; the
+/// publication is refused (503) rather than bounced forever.
+const MAX_HOPS: u8 = 2;
