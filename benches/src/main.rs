@@ -9,6 +9,7 @@ mod plots;
 mod procstat;
 mod report;
 mod scenarios;
+mod sse;
 mod worker;
 
 use std::path::PathBuf;

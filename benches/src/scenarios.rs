@@ -149,6 +149,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    // Not part of a full run: `--only sse` (benches/sse.sh).
+    let named = |s: &str| args.only.iter().any(|o| o == s);
     for sys in &systems {
         if want("rtt") {
             step(&format!("{}: rtt (idle)", sys.name));
@@ -185,6 +187,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 sys.name, sizes.connect
             ));
             results.push(connect(sys, sizes.connect).await?);
+        }
+        if named("sse") {
+            // The same room sizes and paces, WebSocket members then SSE
+            // streams, one after the other.
+            for &m in sizes.small_members.iter().chain([&sizes.members]) {
+                for pace in [
+                    Pace::FlatOut(sizes.publishes),
+                    Pace::Rate(sizes.rate, sizes.rate_secs),
+                ] {
+                    for transport in ["ws", "sse"] {
+                        step(&format!(
+                            "{}: sse-fanout, {m} {transport} members, {}",
+                            sys.name,
+                            pace.label()
+                        ));
+                        results.push(fanout_over(sys, "sse-fanout", m, &pace, transport).await?);
+                    }
+                }
+            }
         }
         if !want("fanout") {
             continue;
@@ -565,6 +586,15 @@ enum Pace {
     Rate(u64, u64),
 }
 
+impl Pace {
+    fn label(&self) -> String {
+        match self {
+            Pace::FlatOut(_) => "max".to_owned(),
+            Pace::Rate(r, _) => format!("{r}/s"),
+        }
+    }
+}
+
 fn pub_command(room: &str, seq: u64, id: u64) -> Vec<u8> {
     let data = Value::Array(vec![Value::from(seq), Value::from(now_ns())]);
     encode_command(&[
@@ -583,11 +613,24 @@ async fn fanout(
     members: usize,
     pace: Pace,
 ) -> Result<serde_json::Value> {
+    fanout_over(sys, scenario, members, &pace, "ws").await
+}
+
+/// [`fanout`] to members of a `transport` (`ws`, or `sse`: streams); the
+/// publisher is a WebSocket connection either way.
+async fn fanout_over(
+    sys: &System,
+    scenario: &str,
+    members: usize,
+    pace: &Pace,
+    transport: &str,
+) -> Result<serde_json::Value> {
     settle(sys).await?;
     let room = format!("fanout-{}", now_ns() % 1_000_000);
     let per_worker = members.div_ceil(sys.addrs.len());
     let rooms = Rooms::Fanout(room.clone());
-    let mut workers = spawn_workers(sys, members, per_worker, 100, rooms).await?;
+    let extra = ["--transport".to_owned(), transport.to_owned()];
+    let mut workers = spawn_workers_with(sys, members, per_worker, 100, rooms, &extra).await?;
     let joined: usize = workers.iter().map(|w| w.opened).sum();
     let failed: usize = workers.iter().map(|w| w.failed).sum();
     let addr = &sys.addrs[0];
@@ -608,7 +651,7 @@ async fn fanout(
         h
     });
     let mut published = 0u64;
-    match pace {
+    match *pace {
         Pace::FlatOut(total) => {
             // Batches of 20 in one message; the next batch after the last ok.
             let mut id = 0;
@@ -672,13 +715,8 @@ async fn fanout(
     let span = (last.saturating_sub(first)) as f64 / 1e9;
     let mut m = row(scenario, sys.name);
     m.insert("nodes".into(), json!(sys.addrs.len()));
-    m.insert(
-        "pace".into(),
-        json!(match pace {
-            Pace::FlatOut(_) => "max".to_owned(),
-            Pace::Rate(r, _) => format!("{r}/s"),
-        }),
-    );
+    m.insert("transport".into(), json!(transport));
+    m.insert("pace".into(), json!(pace.label()));
     m.insert("members".into(), json!(joined));
     m.insert("members_failed_to_join".into(), json!(failed));
     m.insert("published".into(), json!(published));

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use switchboard_client::{Client, ConnectOptions};
 use tokio::io::AsyncBufReadExt;
 
+use crate::sse::SseStream;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
     /// `host:port` of the server.
@@ -46,6 +48,10 @@ pub struct WorkerArgs {
     /// `ok` and the message itself).
     #[arg(long, default_value = "ping")]
     pub command: String,
+    /// `ws`, or `sse`: each member is a Server-Sent Events stream
+    /// (`GET /sse`) instead of a WebSocket connection (receiving only).
+    #[arg(long, default_value = "ws")]
+    pub transport: String,
 }
 
 /// What a worker reports.
@@ -87,6 +93,9 @@ struct MemberStats {
 }
 
 pub async fn run(args: WorkerArgs) -> Result<()> {
+    if args.transport == "sse" {
+        return run_sse(args).await;
+    }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -244,6 +253,152 @@ async fn chatter(
     }
 }
 
+/// Like [`run`] with SSE streams: they only receive, so they are either
+/// idle or, with `--fanout-room`, members counting its messages.
+async fn run_sse(args: WorkerArgs) -> Result<()> {
+    if args.every_ms > 0 {
+        anyhow::bail!("an SSE stream cannot send: --every-ms needs --transport ws");
+    }
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut openers = Vec::new();
+    for _ in 0..args.concurrency.min(args.connections.max(1)) {
+        let (args, next, failed) = (args.clone(), next.clone(), failed.clone());
+        openers.push(tokio::spawn(async move {
+            let mut streams = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= args.connections {
+                    return streams;
+                }
+                let user = format!("w{}-{i}", args.id);
+                let room = match &args.fanout_room {
+                    Some(r) => r.clone(),
+                    None if args.own_rooms => format!("own-{}-{i}", args.id),
+                    None => format!("density-{}", (args.id * 7919 + i) % args.rooms),
+                };
+                let quiet = args.quiet || args.fanout_room.is_some();
+                match SseStream::open(&args.addr, &user, &room, quiet).await {
+                    Ok(s) => streams.push(s),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let mut streams = Vec::new();
+    for o in openers {
+        streams.extend(o.await?);
+    }
+    let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let opened = streams.len();
+    let stop = tokio_util_stop();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut members = Vec::new();
+    if args.fanout_room.is_some() {
+        for s in streams.drain(..) {
+            members.push(tokio::spawn(sse_member(
+                s,
+                stop.1.clone(),
+                received.clone(),
+            )));
+        }
+    }
+    emit(&format!("ready {opened} {}", failed.load(Ordering::SeqCst)));
+    let progress = {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                emit(&format!("received {}", received.load(Ordering::Relaxed)));
+            }
+        })
+    };
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let _ = lines.next_line().await;
+    let _ = stop.0.send(true);
+    progress.abort();
+    let mut report = WorkerReport {
+        opened,
+        failed: failed.load(Ordering::SeqCst),
+        connect_ms,
+        ..WorkerReport::default()
+    };
+    let mut hist = new_histogram();
+    for m in members {
+        let (stats, h) = m.await?;
+        report.received += stats.received;
+        report.lost += stats.lost;
+        report.reordered += stats.reordered;
+        if stats.first_ns != 0 && (report.first_ns == 0 || stats.first_ns < report.first_ns) {
+            report.first_ns = stats.first_ns;
+        }
+        report.last_ns = report.last_ns.max(stats.last_ns);
+        hist.add(&h)?;
+    }
+    report.latency = encode_histogram(&hist)?;
+    drop(streams);
+    emit(&serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// [`member`] for an SSE stream.
+async fn sse_member(
+    mut s: SseStream,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+) -> (MemberStats, Histogram<u64>) {
+    let mut stats = MemberStats::default();
+    let mut hist = new_histogram();
+    let mut expected = 0u64;
+    let mut got = Vec::new();
+    loop {
+        got.clear();
+        let read = tokio::select! {
+            r = s.next_msgs(&mut got) => r,
+            _ = stop.changed() => break,
+        };
+        let now = now_ns();
+        for &(seq, ts) in &got {
+            stats.count(seq, ts, now, &mut expected, &mut hist);
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+        if read.is_err() {
+            break;
+        }
+    }
+    (stats, hist)
+}
+
+impl MemberStats {
+    fn count(
+        &mut self,
+        seq: u64,
+        ts: u64,
+        now: u64,
+        expected: &mut u64,
+        hist: &mut Histogram<u64>,
+    ) {
+        self.received += 1;
+        if self.first_ns == 0 {
+            self.first_ns = now;
+        }
+        self.last_ns = now;
+        let _ = hist.record(now.saturating_sub(ts) / 1000);
+        if seq == *expected {
+            *expected += 1;
+        } else if seq > *expected {
+            self.lost += seq - *expected;
+            *expected = seq + 1;
+        } else {
+            self.reordered += 1;
+        }
+    }
+}
+
 /// Counts one member's messages: `data` is `[seq, published_ns]`.
 async fn member(
     mut c: Client,
@@ -261,21 +416,8 @@ async fn member(
         let Ok(message) = message else { break };
         let now = now_ns();
         for (seq, ts) in msgs(&message) {
-            stats.received += 1;
+            stats.count(seq, ts, now, &mut expected, &mut hist);
             received.fetch_add(1, Ordering::Relaxed);
-            if stats.first_ns == 0 {
-                stats.first_ns = now;
-            }
-            stats.last_ns = now;
-            let _ = hist.record(now.saturating_sub(ts) / 1000);
-            if seq == expected {
-                expected += 1;
-            } else if seq > expected {
-                stats.lost += seq - expected;
-                expected = seq + 1;
-            } else {
-                stats.reordered += 1;
-            }
         }
     }
     (stats, hist)

@@ -96,6 +96,9 @@ pub async fn serve(
     client: std::net::IpAddr,
 ) {
     keep_alive(&stream, &node);
+    // Boxed, and freed once the rooms are joined: otherwise this task would
+    // hold the space of the joins' future for the stream's life, a larger
+    // allocation class per idle stream.
     let (
         Stream {
             conn,
@@ -103,22 +106,28 @@ pub async fn serve(
             _registration: registration,
         },
         first,
-    ) = open(&node, feed, from, client).await;
+    ) = Box::pin(open(&node, feed, from, client)).await;
+    run(
+        &stream,
+        &conn.out,
+        &mut tracker,
+        with_response_head(first),
+        node.settings.sse_keepalive(),
+    )
+    .await;
+    drop(registration);
+}
+
+/// The response head, then `first`, consumed: a buffer kept alive here
+/// would stay with every idle stream for its life.
+fn with_response_head(first: Vec<u8>) -> Vec<u8> {
     let mut pending = b"HTTP/1.1 200 OK\r\n".to_vec();
     for (name, value) in HEADERS {
         pending.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     pending.extend_from_slice(b"connection: close\r\n\r\n");
     pending.extend_from_slice(&first);
-    run(
-        &stream,
-        &conn.out,
-        &mut tracker,
-        pending,
-        node.settings.sse_keepalive(),
-    )
-    .await;
-    drop(registration);
+    pending
 }
 
 /// Serves a stream whose request was checked, on a connection hyper serves
@@ -132,7 +141,8 @@ pub async fn serve_body(
     from: Positions,
     client: std::net::IpAddr,
 ) {
-    let (mut stream, first) = open(&node, feed, from, client).await;
+    // Boxed for the same reason as in `serve`.
+    let (mut stream, first) = Box::pin(open(&node, feed, from, client)).await;
     let out = &stream.conn.out;
     if !send(&mut body, out, first).await {
         return;
@@ -303,4 +313,32 @@ fn write_available(stream: &TcpStream, pending: &[u8], written: &mut usize) -> s
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    fn future_size5<A, B, C, D, E, F: Future>(_: &impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size7<A, B, C, D, E, G, H, F: Future>(
+        _: &impl Fn(A, B, C, D, E, G, H) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle stream's task holds its future: an idle stream should cost
+    /// no more than an idle WebSocket connection (docs/benchmarks.md, "SSE
+    /// next to WebSocket").
+    #[test]
+    fn a_streams_task_is_no_larger_than_a_connections() {
+        let stream = future_size5(&super::serve);
+        let connection = future_size7(&crate::connection::serve);
+        assert!(
+            stream <= connection,
+            "sse::serve's future is {stream} bytes, connection::serve's {connection}"
+        );
+    }
 }
