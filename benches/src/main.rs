@@ -10,6 +10,7 @@ mod procstat;
 mod report;
 mod scenarios;
 mod sse;
+mod storm;
 mod worker;
 
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ enum Cmd {
     },
     /// (internal) Holds a share of the connections; driven by `run`.
     Worker(worker::WorkerArgs),
+    /// The reconnect storm against a 2-node cluster (`benches/storm.sh`).
+    Storm(storm::StormArgs),
+    /// (internal) Storm or staying clients; driven by `storm`.
+    StormWorker(storm::StormWorkerArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +51,7 @@ fn main() -> Result<()> {
         Cmd::Run(args) => rt.block_on(scenarios::run(args)),
         Cmd::Report { input, out } => report::write(&input, &out),
         Cmd::Worker(args) => rt.block_on(worker::run(args)),
+        Cmd::Storm(args) => rt.block_on(storm::run(args)),
+        Cmd::StormWorker(args) => rt.block_on(storm::worker(args)),
     }
 }

@@ -426,7 +426,7 @@ async fn member(
 /// The `[seq, ts]` of every `msg` event in one message, read in place
 /// (decoding into values would make the generator, not the server, the
 /// bottleneck).
-fn msgs(message: &[u8]) -> Vec<(u64, u64)> {
+pub(crate) fn msgs(message: &[u8]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut rest = message;
     while let Ok((map, tail)) = switchboard_protocol::split_value(rest) {

@@ -24,7 +24,7 @@ async fn a_flood_of_connections_from_one_address_is_refused_with_429() {
     for i in 0..40 {
         match s.connect(ConnectOptions::user(&format!("f{i}"))).await {
             Ok(c) => open.push(c),
-            Err(ClientError::Refused { status: 429 }) => refused += 1,
+            Err(ClientError::Refused { status: 429, .. }) => refused += 1,
             Err(e) => panic!("unexpected: {e}"),
         }
     }
@@ -216,7 +216,14 @@ async fn beyond_the_node_admission_rate_new_clients_get_503_and_retry_after() {
     for i in 0..6 {
         match s.connect(ConnectOptions::user(&format!("s{i}"))).await {
             Ok(c) => admitted.push(c),
-            Err(ClientError::Refused { status: 503 }) => refused += 1,
+            Err(ClientError::Refused {
+                status: 503,
+                retry_after,
+            }) => {
+                // The client reads the Retry-After it is told.
+                assert!(matches!(retry_after, Some(1..=4)), "{retry_after:?}");
+                refused += 1;
+            }
             Err(e) => panic!("unexpected: {e}"),
         }
     }

@@ -659,7 +659,7 @@ async fn jwt_refusals_before_upgrade_and_rooms_claim(mode: Mode) {
             ..Default::default()
         })
         .await,
-        Err(ClientError::Refused { status: 401 })
+        Err(ClientError::Refused { status: 401, .. })
     ));
 
     let good = jwt(
@@ -831,7 +831,7 @@ async fn sigterm_drains_with_1012_and_exits_0() {
     assert_eq!(s.http("GET", "/readyz", &[], b"").await.0, 503);
     assert!(matches!(
         s.connect(ConnectOptions::default()).await,
-        Err(ClientError::Refused { status: 503 })
+        Err(ClientError::Refused { status: 503, .. })
     ));
     let mut closed_at = Vec::new();
     for w in waiting {

@@ -43,15 +43,19 @@ pub(crate) async fn open(
             Err(e) => return Err(ClientError::WebSocket(format!("bad response: {e}"))),
         };
         let status = resp.code.unwrap_or(0);
-        if status != 101 {
-            return Err(ClientError::Refused { status });
-        }
         let header = |name: &str| {
             resp.headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .and_then(|h| std::str::from_utf8(h.value).ok())
         };
+        if status != 101 {
+            let retry_after = header("Retry-After").and_then(|v| v.trim().parse().ok());
+            return Err(ClientError::Refused {
+                status,
+                retry_after,
+            });
+        }
         if header("Sec-WebSocket-Accept") != Some(accept_key(&key).as_str()) {
             return Err(ClientError::WebSocket(
                 "wrong or missing Sec-WebSocket-Accept".into(),

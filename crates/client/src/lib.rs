@@ -78,8 +78,13 @@ pub use reconnect::{Ack, Events, Position, ReconnectOptions, Reconnecting};
 pub enum ClientError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// `retry_after`: the seconds of a `Retry-After` header, if the answer
+    /// had one (a node over `limits.connects_per_s` answers 503 with one).
     #[error("the server refused the upgrade with HTTP {status}")]
-    Refused { status: u16 },
+    Refused {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     #[error("websocket: {0}")]
     WebSocket(String),
     #[error("connection closed ({code}: {reason})")]
@@ -102,7 +107,10 @@ pub enum ClientError {
 impl From<WebSocketError> for ClientError {
     fn from(e: WebSocketError) -> Self {
         match e {
-            WebSocketError::InvalidStatusCode(status) => ClientError::Refused { status },
+            WebSocketError::InvalidStatusCode(status) => ClientError::Refused {
+                status,
+                retry_after: None,
+            },
             other => ClientError::WebSocket(other.to_string()),
         }
     }
