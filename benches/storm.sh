@@ -13,8 +13,9 @@
 # 20,000 open files). Recorded: the time until all N are back and joined,
 # each client's reconnect time, the 503s answered, the staying clients'
 # publish-to-delivery latency before / during / after, and server CPU.
-# Run with the default limits.connects_per_s / connect_burst ("default") and
-# with the limit effectively off ("off"), RUNS times each, alternating.
+# Run with the default limits.connects_per_s / connect_burst ("default"),
+# with the limit effectively off ("off"), or with both set to a number
+# (e.g. --modes 2000), RUNS times each, alternating.
 #   benches/storm.sh [--quick] [--runs N] [--clients N] [--kill] [--modes "default off"]
 # Rows go to benches/results/storm.json; the table in docs/benchmarks.md
 # ("Reconnect storm") is written by hand from them.
@@ -51,6 +52,9 @@ for run in $(seq "$RUNS"); do
     for i in 0 1; do
       if [ "$mode" = "off" ]; then
         export SWITCHBOARD__LIMITS__CONNECTS_PER_S=1000000 SWITCHBOARD__LIMITS__CONNECT_BURST=1000000
+      elif [ "$mode" != "default" ]; then
+        # A number: connects_per_s and connect_burst both set to it.
+        export SWITCHBOARD__LIMITS__CONNECTS_PER_S="$mode" SWITCHBOARD__LIMITS__CONNECT_BURST="$mode"
       else
         unset SWITCHBOARD__LIMITS__CONNECTS_PER_S SWITCHBOARD__LIMITS__CONNECT_BURST
       fi
