@@ -38,9 +38,6 @@ pub(crate) fn joined(
         leave: then_leave,
         ..
     } = core.joining.swap_remove(at);
-    if core.joining.is_empty() {
-        core.delivered_meanwhile.clear();
-    }
     let name = core.name.clone();
     let conn = req.member.conn;
     let still_home = state.ctx.cluster.home(&name) == Home::Remote(home.clone());
@@ -54,6 +51,7 @@ pub(crate) fn joined(
         _ => None,
     };
     let Some((epoch, offset, recovered, replay)) = answered else {
+        forget_meanwhile(&mut core);
         if let Mode::Subscribing { .. } = core.mode {
             if core.joining.is_empty() {
                 core.mode = Mode::Idle;
@@ -95,6 +93,7 @@ pub(crate) fn joined(
     let Some(last) = following else {
         // Re-subscribing, or following another epoch: the join starts over
         // against where the room is now.
+        forget_meanwhile(&mut core);
         drop(core);
         rejoin(myself, state, req, then_leave);
         return;
@@ -112,6 +111,7 @@ pub(crate) fn joined(
     );
     push_joined(&*member.sink, ok, events.into_iter());
     add_member(&mut core, member.clone(), last.max(offset));
+    forget_meanwhile(&mut core);
     let mut again = None;
     for (e, o, ev) in held.into_iter().flatten() {
         if let Some(h) = relay(&mut core, e, o, ev) {
@@ -125,6 +125,13 @@ pub(crate) fn joined(
     state.ctx.observer.joined(&name, &member);
     if let Some(ack) = then_leave {
         leave(state, conn, ack);
+    }
+}
+
+/// What was delivered while joins waited is kept only while one does.
+fn forget_meanwhile(core: &mut RoomCore) {
+    if core.joining.is_empty() {
+        core.delivered_meanwhile.clear();
     }
 }
 

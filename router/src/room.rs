@@ -377,6 +377,19 @@ pub(crate) fn join(myself: &ActorRef<RoomMsg>, state: &mut RoomState, req: JoinR
             state.ctx.observer.joined(&name, &member);
         }
         Home::Remote(home) => {
+            let stale = match &state.core.lock().mode {
+                Mode::Home { .. } => true,
+                Mode::Relay { home: h, .. }
+                | Mode::Syncing { home: h, .. }
+                | Mode::Subscribing { home: h, .. } => *h != home,
+                Mode::Idle | Mode::Acquiring { .. } => false,
+            };
+            if stale {
+                // The view moved before this room heard of it: hand over
+                // and follow the new home first, so that the members here
+                // continue (or get a `reset`) before this join is answered.
+                view_changed(myself, state);
+            }
             let mut core = state.core.lock();
             // A relay that is subscribed answers a plain join itself.
             let known = match &core.mode {
