@@ -9,11 +9,7 @@ QUICK=""
 [ "${1:-}" = "--quick" ] && { QUICK="--quick"; shift; }
 BIN="${1:-target/release/switchboard}"
 SHARED="${SHARED:-$(cd .. && pwd)/shared}"
-WORK=target/bench
-mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source benches/lib.sh
 cargo build --release --quiet -p switchboard-gateway -p switchboard-bench
 if ! command -v redis-server >/dev/null; then
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
@@ -22,7 +18,6 @@ if [ ! -d "$WORK/redis-baseline/node_modules" ]; then
   rm -rf "$WORK/redis-baseline" && cp -r "$SHARED/peers/redis-baseline" "$WORK/redis-baseline"
   (cd "$WORK/redis-baseline" && npm ci --silent --no-audit --no-fund)
 fi
-wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 
 SWITCHBOARD__HTTP__LISTEN=127.0.0.1:18080 \
 SWITCHBOARD__LIMITS__CONNECTS_PER_S_PER_ADDRESS=1000000 \

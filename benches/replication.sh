@@ -9,14 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
-WORK=target/bench
-mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source benches/lib.sh
 cargo build --release --quiet -p switchboard-gateway -p switchboard-bench
-wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
-join() { local IFS=,; echo "$*"; }
 
 for replicas in 1 2; do
   echo "== three nodes, cluster.replicas = $replicas"

@@ -8,11 +8,7 @@ QUICK=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
 
 SHARED="${SHARED:-$(cd .. && pwd)/shared}"
-WORK=target/bench
-mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source benches/lib.sh
 
 echo "== build"
 cargo build --release --quiet -p switchboard-gateway -p switchboard-bench
@@ -26,7 +22,6 @@ fi
 rm -rf "$WORK/redis-baseline" && cp -r "$SHARED/peers/redis-baseline" "$WORK/redis-baseline"
 (cd "$WORK/redis-baseline" && npm ci --silent --no-audit --no-fund)
 
-wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 
 echo "== start switchboard"
 SWITCHBOARD__HTTP__LISTEN=127.0.0.1:18080 \
@@ -71,7 +66,6 @@ for i in 0 1 2; do
   (cd "$WORK/redis-baseline" && PORT="1828$i" REDIS_URL=redis://127.0.0.1:16379 NODE_NAME="n$i" exec node server.js) >/dev/null 2>&1 & p=$!; PIDS+=("$p"); NB_PIDS+=("$p"); NB_ADDRS+=("127.0.0.1:1828$i")
 done
 for a in "${SB_ADDRS[@]}" "${NB_ADDRS[@]}"; do wait_http "$a"; done
-join() { local IFS=,; echo "$*"; }
 target/release/switchboard-bench run $QUICK --only cross-node --append \
   --switchboard-cluster "$(join "${SB_ADDRS[@]}")" --switchboard-cluster-pids "$(join "${SB_PIDS[@]}")" \
   --baseline-cluster "$(join "${NB_ADDRS[@]}")" --baseline-cluster-pids "$(join "${NB_PIDS[@]}" "$RD")" \

@@ -12,15 +12,10 @@ QUICK=""
 [ "${1:-}" = "--quick" ] && QUICK="--quick"
 RUNS=${RUNS:-3}; PROBE_N=${PROBE_N:-8000}
 TARGET=${CARGO_TARGET_DIR:-target}
-WORK=target/bench
-mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source benches/lib.sh
 
 echo "== build"
 cargo build --release --quiet -p switchboard-gateway -p switchboard-bench
-wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 
 echo "== start switchboard"
 SWITCHBOARD__HTTP__LISTEN=127.0.0.1:18080 \

@@ -34,14 +34,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 TARGET="${CARGO_TARGET_DIR:-target}"
-WORK=target/bench
-mkdir -p "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+source benches/lib.sh
 cargo build --release --quiet -p switchboard-gateway -p switchboard-bench
-wait_http() { for _ in $(seq 100); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
-join() { local IFS=,; echo "$*"; }
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 ROWS=()
 

@@ -97,42 +97,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         return run_sse(args).await;
     }
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut openers = Vec::new();
-    for _ in 0..args.concurrency.min(args.connections.max(1)) {
-        let (args, next, failed) = (args.clone(), next.clone(), failed.clone());
-        openers.push(tokio::spawn(async move {
-            let mut clients = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= args.connections {
-                    return clients;
-                }
-                let user = format!("w{}-{i}", args.id);
-                let room = match &args.fanout_room {
-                    Some(r) => r.clone(),
-                    None if args.own_rooms => format!("own-{}-{i}", args.id),
-                    None => format!("density-{}", (args.id * 7919 + i) % args.rooms),
-                };
-                // Members of the fan-out room join quietly: the benchmark
-                // measures messages, and 5,000 joins would otherwise queue
-                // 12.5 million `joined` events ahead of them (the peer sends
-                // none).
-                let quiet = args.quiet || args.fanout_room.is_some();
-                match open(&args.addr, &user, &room, quiet).await {
-                    Ok(c) => clients.push((c, room)),
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        }));
-    }
-    let mut clients = Vec::new();
-    for o in openers {
-        clients.extend(o.await?);
-    }
+    let (mut clients, failed) = open_all(&args, |addr, user, room, quiet| async move {
+        open(&addr, &user, &room, quiet).await
+    })
+    .await?;
     let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
     let opened = clients.len();
 
@@ -152,7 +120,86 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             chatters.push(tokio::spawn(chatter(c, room, every, publish, stop)));
         }
     }
-    emit(&format!("ready {opened} {}", failed.load(Ordering::SeqCst)));
+    let mut report = counted_when_told(
+        WorkerReport {
+            opened,
+            failed,
+            connect_ms,
+            ..WorkerReport::default()
+        },
+        members,
+        &received,
+        &stop.0,
+    )
+    .await?;
+    for c in chatters {
+        if !c.await? {
+            report.failed += 1;
+        }
+    }
+    drop(clients);
+    emit(&serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Opens `args.connections` members, `args.concurrency` at a time, each
+/// with `open(addr, user, room, quiet)` in the room the arguments give it;
+/// returns those opened, with their room, and how many failed.
+async fn open_all<T, F, Fut>(args: &WorkerArgs, open: F) -> Result<(Vec<(T, String)>, usize)>
+where
+    T: Send + 'static,
+    F: Fn(String, String, String, bool) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut openers = Vec::new();
+    for _ in 0..args.concurrency.min(args.connections.max(1)) {
+        let (args, next, failed, open) = (args.clone(), next.clone(), failed.clone(), open.clone());
+        openers.push(tokio::spawn(async move {
+            let mut opened = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= args.connections {
+                    return opened;
+                }
+                let user = format!("w{}-{i}", args.id);
+                let room = match &args.fanout_room {
+                    Some(r) => r.clone(),
+                    None if args.own_rooms => format!("own-{}-{i}", args.id),
+                    None => format!("density-{}", (args.id * 7919 + i) % args.rooms),
+                };
+                // Members of the fan-out room join quietly: the benchmark
+                // measures messages, and 5,000 joins would otherwise queue
+                // 12.5 million `joined` events ahead of them (the peer sends
+                // none).
+                let quiet = args.quiet || args.fanout_room.is_some();
+                match open(args.addr.clone(), user, room.clone(), quiet).await {
+                    Ok(m) => opened.push((m, room)),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for o in openers {
+        all.extend(o.await?);
+    }
+    Ok((all, failed.load(Ordering::SeqCst)))
+}
+
+/// Says `ready`, reports how many messages the members received until the
+/// parent closes our stdin (or writes a line), then stops them and adds up
+/// what they counted into `report`.
+async fn counted_when_told(
+    mut report: WorkerReport,
+    members: Vec<tokio::task::JoinHandle<(MemberStats, Histogram<u64>)>>,
+    received: &Arc<std::sync::atomic::AtomicU64>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<WorkerReport> {
+    emit(&format!("ready {} {}", report.opened, report.failed));
     // Progress, so that the parent knows when deliveries have drained.
     let progress = {
         let received = received.clone();
@@ -164,18 +211,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             }
         })
     };
-    // The parent says when to stop by closing our stdin (or writing a line).
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let _ = lines.next_line().await;
-    let _ = stop.0.send(true);
+    let _ = stop.send(true);
     progress.abort();
-
-    let mut report = WorkerReport {
-        opened,
-        failed: failed.load(Ordering::SeqCst),
-        connect_ms,
-        ..WorkerReport::default()
-    };
     let mut hist = new_histogram();
     for m in members {
         let (stats, h) = m.await?;
@@ -189,14 +228,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         hist.add(&h)?;
     }
     report.latency = encode_histogram(&hist)?;
-    for c in chatters {
-        if !c.await? {
-            report.failed += 1;
-        }
-    }
-    drop(clients);
-    emit(&serde_json::to_string(&report)?);
-    Ok(())
+    Ok(report)
 }
 
 fn tokio_util_stop() -> (
@@ -260,45 +292,17 @@ async fn run_sse(args: WorkerArgs) -> Result<()> {
         anyhow::bail!("an SSE stream cannot send: --every-ms needs --transport ws");
     }
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let mut openers = Vec::new();
-    for _ in 0..args.concurrency.min(args.connections.max(1)) {
-        let (args, next, failed) = (args.clone(), next.clone(), failed.clone());
-        openers.push(tokio::spawn(async move {
-            let mut streams = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= args.connections {
-                    return streams;
-                }
-                let user = format!("w{}-{i}", args.id);
-                let room = match &args.fanout_room {
-                    Some(r) => r.clone(),
-                    None if args.own_rooms => format!("own-{}-{i}", args.id),
-                    None => format!("density-{}", (args.id * 7919 + i) % args.rooms),
-                };
-                let quiet = args.quiet || args.fanout_room.is_some();
-                match SseStream::open(&args.addr, &user, &room, quiet).await {
-                    Ok(s) => streams.push(s),
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        }));
-    }
-    let mut streams = Vec::new();
-    for o in openers {
-        streams.extend(o.await?);
-    }
+    let (mut streams, failed) = open_all(&args, |addr, user, room, quiet| async move {
+        SseStream::open(&addr, &user, &room, quiet).await
+    })
+    .await?;
     let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
     let opened = streams.len();
     let stop = tokio_util_stop();
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut members = Vec::new();
     if args.fanout_room.is_some() {
-        for s in streams.drain(..) {
+        for (s, _) in streams.drain(..) {
             members.push(tokio::spawn(sse_member(
                 s,
                 stop.1.clone(),
@@ -306,40 +310,18 @@ async fn run_sse(args: WorkerArgs) -> Result<()> {
             )));
         }
     }
-    emit(&format!("ready {opened} {}", failed.load(Ordering::SeqCst)));
-    let progress = {
-        let received = received.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                emit(&format!("received {}", received.load(Ordering::Relaxed)));
-            }
-        })
-    };
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let _ = lines.next_line().await;
-    let _ = stop.0.send(true);
-    progress.abort();
-    let mut report = WorkerReport {
-        opened,
-        failed: failed.load(Ordering::SeqCst),
-        connect_ms,
-        ..WorkerReport::default()
-    };
-    let mut hist = new_histogram();
-    for m in members {
-        let (stats, h) = m.await?;
-        report.received += stats.received;
-        report.lost += stats.lost;
-        report.reordered += stats.reordered;
-        if stats.first_ns != 0 && (report.first_ns == 0 || stats.first_ns < report.first_ns) {
-            report.first_ns = stats.first_ns;
-        }
-        report.last_ns = report.last_ns.max(stats.last_ns);
-        hist.add(&h)?;
-    }
-    report.latency = encode_histogram(&hist)?;
+    let report = counted_when_told(
+        WorkerReport {
+            opened,
+            failed,
+            connect_ms,
+            ..WorkerReport::default()
+        },
+        members,
+        &received,
+        &stop.0,
+    )
+    .await?;
     drop(streams);
     emit(&serde_json::to_string(&report)?);
     Ok(())
