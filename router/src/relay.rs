@@ -7,17 +7,127 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::ActorRef;
-use switchboard_protocol::{event, Bytes, EventSink};
+use switchboard_protocol::{event, Bytes};
 
 use switchboard_cluster::Home;
 use switchboard_telemetry::names;
 
 use crate::room::{
-    add_member, gate, join, leave, push_joined, refuse_join, JoinRequest, Joining, Mode, RoomCore,
-    RoomMsg, RoomState,
+    add_member, gate, leave, push_joined, refuse_join, view_changed, JoinRequest, Joining,
+    LeaveAck, Mode, RoomCore, RoomMsg, RoomState,
 };
 use crate::rooms::RoomContext;
 use crate::wire::{RoomWire, SinceWire};
+
+/// A join on a node that is not the room's home. A relay already
+/// following the home answers a plain join itself; otherwise the join waits
+/// for the home's answer (`joined`) while the room goes on serving.
+pub(crate) fn join(
+    myself: &ActorRef<RoomMsg>,
+    state: &mut RoomState,
+    req: JoinRequest,
+    home: Arc<str>,
+) {
+    let name = state.core.lock().name.clone();
+    let stale = match &state.core.lock().mode {
+        Mode::Home { .. } => true,
+        Mode::Relay { home: h, .. }
+        | Mode::Syncing { home: h, .. }
+        | Mode::Subscribing { home: h, .. } => *h != home,
+        Mode::Idle | Mode::Acquiring { .. } => false,
+    };
+    if stale {
+        // The view moved before this room heard of it: hand over
+        // and follow the new home first, so that the members here
+        // continue (or get a `reset`) before this join is answered.
+        view_changed(myself, state);
+    }
+    let mut core = state.core.lock();
+    // A relay that is subscribed answers a plain join itself.
+    let known = match &core.mode {
+        Mode::Relay {
+            home: h,
+            epoch,
+            last,
+        } if *h == home && req.since.is_none() => Some((epoch.clone(), *last)),
+        _ => None,
+    };
+    if let Some((epoch, last)) = known {
+        if req.id != 0 {
+            req.member
+                .sink
+                .push(event::ok_join(req.id, &name, &epoch, last, None));
+        }
+        let member = req.member;
+        add_member(&mut core, member.clone(), last);
+        drop(core);
+        state.ctx.observer.joined(&name, &member);
+        return;
+    }
+    // Ask the home without waiting for it: the answer comes back as
+    // `Joined`, and the room serves its members meanwhile.
+    match &core.mode {
+        Mode::Relay { .. } | Mode::Syncing { .. } => {}
+        Mode::Subscribing { home: h, .. } if *h == home => {}
+        _ => {
+            core.mode = Mode::Subscribing {
+                home: home.clone(),
+                held: Vec::new(),
+            }
+        }
+    }
+    let since = req.since.as_ref().map(|s| SinceWire {
+        epoch: s.epoch.clone(),
+        offset: s.offset,
+    });
+    let ticket = core.next_ticket;
+    core.next_ticket += 1;
+    core.joining.push(Joining {
+        ticket,
+        req,
+        leave: None,
+    });
+    drop(core);
+    subscribe_at(
+        myself,
+        &state.ctx,
+        &name,
+        home,
+        since,
+        move |home, answer| RoomMsg::Joined {
+            ticket,
+            home,
+            answer,
+        },
+    );
+}
+
+/// Asks `home` to subscribe this node to the room from `since`, now, and
+/// without waiting: its answer (`None` if there is none) comes back to the
+/// room as the message `reply` makes of it.
+fn subscribe_at(
+    myself: &ActorRef<RoomMsg>,
+    ctx: &RoomContext,
+    room: &str,
+    home: Arc<str>,
+    since: Option<SinceWire>,
+    reply: impl FnOnce(Arc<str>, Option<RoomWire>) -> RoomMsg + Send + 'static,
+) {
+    let wire = RoomWire::Subscribe {
+        room: room.to_owned(),
+        node: ctx.cluster.me().to_string(),
+        since,
+    };
+    let answer = ctx.cluster.request(&home, wire.encode());
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        let answer = match answer {
+            Some(waiting) => waiting.await.and_then(|a| RoomWire::decode(&a).ok()),
+            None => None,
+        };
+        let _ = myself.cast(reply(home, answer));
+    });
+}
 
 /// The home answered a waiting join's subscription: the member gets its
 /// `ok` and replay, then what the members here were delivered since the
@@ -141,11 +251,11 @@ pub(crate) fn rejoin(
     myself: &ActorRef<RoomMsg>,
     state: &mut RoomState,
     req: JoinRequest,
-    then_leave: Option<Option<(u64, Arc<dyn EventSink>)>>,
+    then_leave: Option<LeaveAck>,
 ) {
     let conn = req.member.conn;
     if let Some(RoomMsg::Join(req)) = gate(myself, state, RoomMsg::Join(Box::new(req))) {
-        join(myself, state, *req);
+        crate::room::join(myself, state, *req);
     }
     if let Some(ack) = then_leave {
         if let Some(RoomMsg::Leave { conn, ack }) =
@@ -261,14 +371,10 @@ pub(crate) fn start_sync(
             Vec::new(),
         ),
     };
-    let req = RoomWire::Subscribe {
-        room: core.name.to_string(),
-        node: ctx.cluster.me().to_string(),
-        since: Some(SinceWire {
-            epoch: epoch.clone(),
-            offset: last,
-        }),
-    };
+    let since = Some(SinceWire {
+        epoch: epoch.clone(),
+        offset: last,
+    });
     core.mode = Mode::Syncing {
         home: home.clone(),
         epoch,
@@ -276,13 +382,8 @@ pub(crate) fn start_sync(
         asked: held.len(),
         held,
     };
-    let (cluster, myself) = (ctx.cluster.clone(), myself.clone());
-    tokio::spawn(async move {
-        let answer = cluster
-            .call(&home, req.encode())
-            .await
-            .and_then(|a| RoomWire::decode(&a).ok());
-        let _ = myself.cast(RoomMsg::Resynced { home, answer });
+    subscribe_at(myself, ctx, &core.name, home, since, |home, answer| {
+        RoomMsg::Resynced { home, answer }
     });
 }
 

@@ -19,7 +19,6 @@ use switchboard_protocol::{event, Bytes, ConnId, ErrorCode, EventSink, Since};
 use switchboard_cluster::Home;
 use switchboard_telemetry::names;
 
-use crate::history::Recovery;
 use crate::member::Member;
 pub(crate) use crate::relay::start_sync;
 use crate::relay::{deliver, joined, resync_again, resynced};
@@ -37,7 +36,7 @@ pub enum RoomMsg {
     /// no `msg` of the room follows the `ok`.
     Leave {
         conn: ConnId,
-        ack: Option<(u64, Arc<dyn EventSink>)>,
+        ack: LeaveAck,
     },
     Publish(Box<PublishRequest>),
     /// Expire history; retire the room when it has nothing left to do.
@@ -92,6 +91,9 @@ pub enum RoomMsg {
 }
 
 impl ractor::Message for RoomMsg {}
+
+/// Who gets a leave's `ok`: its command id and the connection's sink.
+pub type LeaveAck = Option<(u64, Arc<dyn EventSink>)>;
 
 pub struct JoinRequest {
     pub member: Member,
@@ -348,116 +350,11 @@ pub(crate) fn join(myself: &ActorRef<RoomMsg>, state: &mut RoomState, req: JoinR
         return;
     }
     match state.ctx.cluster.home(&name) {
-        Home::Local => {
-            let JoinRequest {
-                member,
-                id,
-                since,
-                refused,
-            } = req;
-            let mut core = state.core.lock();
-            if !is_home(&core) {
-                drop(core);
-                refuse_join(member, id, refused);
-                return;
-            }
-            let history = &core.history;
-            let last = history.released();
-            let (recovered, replay) = match &since {
-                None => (None, Vec::new()),
-                Some(s) => match history.since(&s.epoch, s.offset) {
-                    Recovery::Replay(events) => (Some(true), events),
-                    Recovery::Lost => (Some(false), Vec::new()),
-                },
-            };
-            let ok = (id != 0).then(|| event::ok_join(id, &name, &history.epoch, last, recovered));
-            push_joined(&*member.sink, ok, replay.iter().map(|ev| &ev[..]));
-            add_member(&mut core, member.clone(), last);
-            drop(core);
-            state.ctx.observer.joined(&name, &member);
-        }
-        Home::Remote(home) => {
-            let stale = match &state.core.lock().mode {
-                Mode::Home { .. } => true,
-                Mode::Relay { home: h, .. }
-                | Mode::Syncing { home: h, .. }
-                | Mode::Subscribing { home: h, .. } => *h != home,
-                Mode::Idle | Mode::Acquiring { .. } => false,
-            };
-            if stale {
-                // The view moved before this room heard of it: hand over
-                // and follow the new home first, so that the members here
-                // continue (or get a `reset`) before this join is answered.
-                view_changed(myself, state);
-            }
-            let mut core = state.core.lock();
-            // A relay that is subscribed answers a plain join itself.
-            let known = match &core.mode {
-                Mode::Relay {
-                    home: h,
-                    epoch,
-                    last,
-                } if *h == home && req.since.is_none() => Some((epoch.clone(), *last)),
-                _ => None,
-            };
-            if let Some((epoch, last)) = known {
-                if req.id != 0 {
-                    req.member
-                        .sink
-                        .push(event::ok_join(req.id, &name, &epoch, last, None));
-                }
-                let member = req.member;
-                add_member(&mut core, member.clone(), last);
-                drop(core);
-                state.ctx.observer.joined(&name, &member);
-                return;
-            }
-            // Ask the home without waiting for it: the answer comes back as
-            // `Joined`, and the room serves its members meanwhile.
-            match &core.mode {
-                Mode::Relay { .. } | Mode::Syncing { .. } => {}
-                Mode::Subscribing { home: h, .. } if *h == home => {}
-                _ => {
-                    core.mode = Mode::Subscribing {
-                        home: home.clone(),
-                        held: Vec::new(),
-                    }
-                }
-            }
-            let wire = RoomWire::Subscribe {
-                room: name.to_string(),
-                node: state.ctx.cluster.me().to_string(),
-                since: req.since.as_ref().map(|s| SinceWire {
-                    epoch: s.epoch.clone(),
-                    offset: s.offset,
-                }),
-            };
-            let ticket = core.next_ticket;
-            core.next_ticket += 1;
-            core.joining.push(Joining {
-                ticket,
-                req,
-                leave: None,
-            });
-            drop(core);
-            let answer = state.ctx.cluster.request(&home, wire.encode());
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                let answer = match answer {
-                    Some(waiting) => waiting.await.and_then(|a| RoomWire::decode(&a).ok()),
-                    None => None,
-                };
-                let _ = myself.cast(RoomMsg::Joined {
-                    ticket,
-                    home,
-                    answer,
-                });
-            });
-        }
+        Home::Local => crate::sequencer::join(state, req),
+        Home::Remote(home) => crate::relay::join(myself, state, req, home),
     }
 }
 
-/// The room's home could not take the join: the client retries.
 /// A join's answer and its replay, as one queued event (the maps
 /// concatenated): a member that resumes takes one place in its outbound
 /// queue, however much it missed, so a replay of up to `history.size`
@@ -480,6 +377,7 @@ pub(crate) fn push_joined<'a>(
     sink.push(Bytes::from(joined));
 }
 
+/// The room's home could not take the join: the client retries.
 pub(crate) fn refuse_join(member: Member, id: u64, refused: Option<Box<dyn FnOnce() + Send>>) {
     // Before the answer: the client may send its next join as soon as it
     // reads it.
@@ -493,7 +391,7 @@ pub(crate) fn refuse_join(member: Member, id: u64, refused: Option<Box<dyn FnOnc
     ));
 }
 
-pub(crate) fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<dyn EventSink>)>) {
+pub(crate) fn leave(state: &mut RoomState, conn: ConnId, ack: LeaveAck) {
     let mut core = state.core.lock();
     if let Some(waiting) = core.joining.iter_mut().find(|j| j.req.member.conn == conn) {
         // Carried out right after the join, whose answer comes first.
@@ -522,7 +420,7 @@ pub(crate) fn leave(state: &mut RoomState, conn: ConnId, ack: Option<(u64, Arc<d
     state.ctx.observer.left(&name, conn);
 }
 
-fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
+pub(crate) fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
     let mut core = state.core.lock();
     let name = core.name.clone();
     let home = state.ctx.cluster.home(&name);

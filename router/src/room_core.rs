@@ -5,12 +5,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchboard_protocol::{event, Bytes, ConnId, EventSink};
+use switchboard_protocol::{event, Bytes, ConnId};
 use switchboard_telemetry::names;
 
 use crate::history::History;
 use crate::member::Member;
-use crate::room::{JoinRequest, PublishReply, RoomMsg};
+use crate::room::{JoinRequest, LeaveAck, PublishReply, RoomMsg};
 use crate::rooms::RoomContext;
 
 pub(crate) struct Slot {
@@ -102,7 +102,7 @@ pub(crate) struct Joining {
     pub(crate) req: JoinRequest,
     /// The member left before the answer: the leave is carried out right
     /// after the join, so that its `ok` follows the join's.
-    pub(crate) leave: Option<Option<(u64, Arc<dyn EventSink>)>>,
+    pub(crate) leave: Option<LeaveAck>,
 }
 
 impl RoomCore {

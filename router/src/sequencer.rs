@@ -12,9 +12,44 @@ use switchboard_cluster::Home;
 use switchboard_telemetry::names;
 
 use crate::history::Recovery;
-use crate::room::{is_home, Mode, PublishReply, PublishRequest, RoomCore, RoomState};
+use crate::room::{
+    add_member, is_home, push_joined, refuse_join, JoinRequest, Mode, PublishReply, PublishRequest,
+    RoomCore, RoomState,
+};
 use crate::rooms::RoomContext;
 use crate::wire::{RoomWire, SinceWire};
+
+/// A join here, at the home: the `ok` (with the replay after `since`, in
+/// one queued event) and membership from the newest released offset.
+pub(crate) fn join(state: &mut RoomState, req: JoinRequest) {
+    let name = state.core.lock().name.clone();
+    let JoinRequest {
+        member,
+        id,
+        since,
+        refused,
+    } = req;
+    let mut core = state.core.lock();
+    if !is_home(&core) {
+        drop(core);
+        refuse_join(member, id, refused);
+        return;
+    }
+    let history = &core.history;
+    let last = history.released();
+    let (recovered, replay) = match &since {
+        None => (None, Vec::new()),
+        Some(s) => match history.since(&s.epoch, s.offset) {
+            Recovery::Replay(events) => (Some(true), events),
+            Recovery::Lost => (Some(false), Vec::new()),
+        },
+    };
+    let ok = (id != 0).then(|| event::ok_join(id, &name, &history.epoch, last, recovered));
+    push_joined(&*member.sink, ok, replay.iter().map(|ev| &ev[..]));
+    add_member(&mut core, member.clone(), last);
+    drop(core);
+    state.ctx.observer.joined(&name, &member);
+}
 
 pub(crate) fn publish(state: &mut RoomState, req: PublishRequest) {
     let name = state.core.lock().name.clone();
