@@ -163,17 +163,18 @@ pub fn send_dm(
 ) -> (u64, Option<impl Future<Output = u64> + Send + 'static>) {
     let dm = switchboard_protocol::event::dm(from, data);
     let here = node.presence.send(to, &dm);
-    let answers: Vec<_> = node
-        .presence
-        .nodes_of(to)
+    let peers = node.presence.nodes_of(to);
+    if peers.is_empty() {
+        return (here, None);
+    }
+    let req = PresenceWire::Dm {
+        to: to.to_owned(),
+        event: dm.to_vec(),
+    }
+    .encode();
+    let answers: Vec<_> = peers
         .into_iter()
-        .filter_map(|peer| {
-            let req = PresenceWire::Dm {
-                to: to.to_owned(),
-                event: dm.to_vec(),
-            };
-            node.cluster.request(&peer, req.encode())
-        })
+        .filter_map(|peer| node.cluster.request(&peer, req.clone()))
         .collect();
     if answers.is_empty() {
         return (here, None);

@@ -99,23 +99,15 @@ pub async fn serve(
     // Boxed, and freed once the rooms are joined: otherwise this task would
     // hold the space of the joins' future for the stream's life, a larger
     // allocation class per idle stream.
-    let (
-        Stream {
-            conn,
-            mut tracker,
-            _registration: registration,
-        },
-        first,
-    ) = Box::pin(open(&node, feed, from, client)).await;
+    let (mut member, first) = Box::pin(open(&node, feed, from, client)).await;
     run(
         &stream,
-        &conn.out,
-        &mut tracker,
+        &member.conn.out,
+        &mut member.tracker,
         with_response_head(first),
         node.settings.sse_keepalive(),
     )
     .await;
-    drop(registration);
 }
 
 /// The response head, then `first`, consumed: a buffer kept alive here

@@ -169,19 +169,7 @@ async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, HeadError> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_request_head(buf)? {
-                return Ok(Some(head));
-            }
-        }
-        buf.reserve(1024);
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
-        }
-    }
+    read_until(stream, buf, parse_request_head).await
 }
 
 /// Reads until a PROXY header is complete; `Ok(None)` if the peer left.
@@ -192,11 +180,21 @@ async fn read_proxy_header(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<ProxyHeader>, ProxyHeaderError> {
+    read_until(stream, buf, parse_proxy_header).await
+}
+
+/// Reads into `buf` until `parse` finds what it looks for there (or an
+/// error); `Ok(None)` if the peer left first.
+async fn read_until<T, E>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
     use tokio::io::AsyncReadExt;
     loop {
         if !buf.is_empty() {
-            if let Some(header) = parse_proxy_header(buf)? {
-                return Ok(Some(header));
+            if let Some(found) = parse(buf)? {
+                return Ok(Some(found));
             }
         }
         buf.reserve(1024);
