@@ -5,6 +5,7 @@
 //! `docs/benchmarks.md`. Connections are spread over `worker` processes
 //! (this machine allows 20,000 open files per process).
 
+mod child;
 mod plots;
 mod procstat;
 mod report;

@@ -1,16 +1,14 @@
 //! The scenarios, each run against every system given.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use rmpv::Value;
 use serde_json::{json, Map};
 use switchboard_client::{encode_command, Client, ConnectOptions, Field};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::child::{join_all, Worker};
 use crate::procstat;
 use crate::worker::{decode_histogram, new_histogram, now_ns, WorkerReport};
 
@@ -292,91 +290,34 @@ async fn settle(sys: &System) -> Result<()> {
     Ok(())
 }
 
-/// A running worker process.
-struct Worker {
-    /// Connections it opened and joined, and those that failed.
-    opened: usize,
-    failed: usize,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+/// Starts a load worker (`worker`) for `connections` connections to `addr`.
+async fn spawn_worker(
+    addr: String,
+    connections: usize,
+    id: usize,
+    rooms: Rooms,
+    extra: Vec<String>,
+) -> Result<Worker> {
+    let mut args = vec![
+        "--addr".to_owned(),
+        addr,
+        "--connections".to_owned(),
+        connections.to_string(),
+        "--id".to_owned(),
+        id.to_string(),
+    ];
+    match rooms {
+        Rooms::Shared => {}
+        Rooms::Own => args.push("--own-rooms".to_owned()),
+        Rooms::Fanout(room) => args.extend(["--fanout-room".to_owned(), room]),
+    }
+    args.extend(extra);
+    Worker::start("worker", args).await
 }
 
-impl Worker {
-    async fn spawn(
-        addr: String,
-        connections: usize,
-        id: usize,
-        rooms: Rooms,
-        extra: Vec<String>,
-    ) -> Result<Worker> {
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("worker")
-            .arg("--addr")
-            .arg(&addr)
-            .arg("--connections")
-            .arg(connections.to_string())
-            .arg("--id")
-            .arg(id.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        match rooms {
-            Rooms::Shared => {}
-            Rooms::Own => {
-                cmd.arg("--own-rooms");
-            }
-            Rooms::Fanout(room) => {
-                cmd.arg("--fanout-room").arg(room);
-            }
-        }
-        cmd.args(extra);
-        let mut child = cmd.spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut w = Worker {
-            opened: 0,
-            failed: 0,
-            child,
-            stdin,
-            stdout,
-        };
-        let line = w.stdout.next_line().await?;
-        let counts: Vec<usize> = line
-            .as_deref()
-            .and_then(|l| l.strip_prefix("ready "))
-            .map(|rest| rest.split(' ').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_default();
-        match counts[..] {
-            [opened, failed] => {
-                w.opened = opened;
-                w.failed = failed;
-                Ok(w)
-            }
-            _ => bail!("worker did not get ready: {line:?}"),
-        }
-    }
-
-    /// The newest progress line's count (messages received so far).
-    async fn received(&mut self) -> Result<u64> {
-        loop {
-            let line = self.stdout.next_line().await?.context("worker ended")?;
-            if let Some(n) = line.strip_prefix("received ") {
-                return Ok(n.parse()?);
-            }
-        }
-    }
-
-    async fn finish(mut self) -> Result<WorkerReport> {
-        drop(self.stdin.take());
-        loop {
-            let line = self.stdout.next_line().await?.context("no report")?;
-            if !line.starts_with("received ") {
-                let _ = self.child.wait().await;
-                return Ok(serde_json::from_str(&line)?);
-            }
-        }
-    }
+/// The report a worker ends with.
+async fn report_of(w: Worker) -> Result<WorkerReport> {
+    Ok(serde_json::from_str(&w.finish().await?)?)
 }
 
 /// `total` connections in workers of at most `per_worker` each, the
@@ -406,7 +347,7 @@ async fn spawn_workers_with(
     while left > 0 {
         let n = left.min(per_worker.min(PER_WORKER));
         let addr = sys.addrs[pending.len() % sys.addrs.len()].clone();
-        pending.push(Worker::spawn(
+        pending.push(spawn_worker(
             addr,
             n,
             first_id + pending.len(),
@@ -415,28 +356,10 @@ async fn spawn_workers_with(
         ));
         left -= n;
     }
-    for w in futures_join(pending).await {
+    for w in join_all(pending).await {
         workers.push(w?);
     }
     Ok(workers)
-}
-
-async fn futures_join<F>(futs: Vec<F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let mut handles = Vec::new();
-    for f in futs {
-        handles.push(tokio::spawn(f));
-    }
-    let mut out = Vec::new();
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 fn row(scenario: &str, system: &str) -> Map<String, serde_json::Value> {
@@ -463,7 +386,7 @@ async fn density(sys: &System, n: usize) -> Result<(serde_json::Value, serde_jso
     let mut opened = 0;
     let mut failed = 0;
     for w in workers {
-        let r = w.finish().await?;
+        let r = report_of(w).await?;
         opened += r.opened;
         failed += r.failed;
     }
@@ -537,7 +460,7 @@ async fn chat(sys: &System, n: usize, every_ms: u64, command: &str) -> Result<se
     }
     let mut failed = 0;
     for w in workers {
-        failed += w.finish().await?.failed;
+        failed += report_of(w).await?.failed;
     }
     for w in warm {
         w.finish().await?;
@@ -701,7 +624,7 @@ async fn fanout_over(
     let (mut first, mut last) = (u64::MAX, 0u64);
     let mut hist = new_histogram();
     for w in workers {
-        let r = w.finish().await?;
+        let r = report_of(w).await?;
         received += r.received;
         reordered += r.reordered;
         if r.first_ns > 0 {

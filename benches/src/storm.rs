@@ -6,20 +6,19 @@
 //! after the storm. Driven by `benches/storm.sh`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use hdrhistogram::Histogram;
 use rmpv::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard_client::{encode_command, Backoff, Client, ClientError, ConnectOptions, Field};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::child::{join_all, Worker};
 use crate::procstat;
 use crate::worker::{decode_histogram, encode_histogram, msgs, new_histogram, now_ns};
 
@@ -444,68 +443,6 @@ async fn stay(args: StormWorkerArgs) -> Result<()> {
     Ok(())
 }
 
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
-    opened: usize,
-    failed: usize,
-}
-
-impl Proc {
-    async fn spawn(args: Vec<String>) -> Result<Proc> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("storm-worker")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        Ok(Proc {
-            child,
-            stdin,
-            stdout,
-            opened: 0,
-            failed: 0,
-        })
-    }
-
-    async fn ready(&mut self) -> Result<()> {
-        let line = self.stdout.next_line().await?.unwrap_or_default();
-        let n: Vec<usize> = line
-            .strip_prefix("ready ")
-            .map(|r| r.split(' ').filter_map(|x| x.parse().ok()).collect())
-            .unwrap_or_default();
-        match n[..] {
-            [o, f] => {
-                (self.opened, self.failed) = (o, f);
-                Ok(())
-            }
-            _ => bail!("worker did not get ready: {line:?}"),
-        }
-    }
-
-    async fn say(&mut self, line: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("stdin")?;
-        stdin.write_all(format!("{line}\n").as_bytes()).await?;
-        stdin.flush().await?;
-        Ok(())
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        self.stdout.next_line().await?.context("worker ended")
-    }
-
-    async fn end(mut self) -> Result<String> {
-        drop(self.stdin.take());
-        let line = self.line().await?;
-        let _ = self.child.wait().await;
-        Ok(line)
-    }
-}
-
 fn pub_command(room: &str, seq: u64) -> Vec<u8> {
     let data = Value::Array(vec![Value::from(seq), Value::from(now_ns())]);
     encode_command(&[
@@ -565,15 +502,14 @@ pub async fn run(args: StormArgs) -> Result<()> {
         "--rooms".into(),
         args.staying_rooms.to_string(),
     ]);
-    let mut stay = Proc::spawn(a).await?;
-    stay.ready().await?;
+    let mut stay = Worker::start("storm-worker", a).await?;
     let workers_n = args.clients.div_ceil(PER_WORKER);
     println!(
         "== {} storm clients in {} rooms over both nodes, {workers_n} worker processes",
         args.clients, args.rooms
     );
     let connect_started = Instant::now();
-    let mut storm = Vec::new();
+    let (mut starting, mut storm) = (Vec::new(), Vec::new());
     let mut left = args.clients;
     for w in 0..workers_n {
         let n = left.div_ceil(workers_n - w);
@@ -583,10 +519,10 @@ pub async fn run(args: StormArgs) -> Result<()> {
         if args.kill_second {
             a.extend(["--reconnect-to".into(), args.nodes[0].clone()]);
         }
-        storm.push(Proc::spawn(a).await?);
+        starting.push(Worker::start("storm-worker", a));
     }
-    for p in &mut storm {
-        p.ready().await?;
+    for w in join_all(starting).await {
+        storm.push(w?);
     }
     let opened: usize = storm.iter().map(|p| p.opened).sum();
     let failed: usize = storm.iter().map(|p| p.failed).sum();
@@ -691,13 +627,13 @@ pub async fn run(args: StormArgs) -> Result<()> {
     let _ = pub_stop_tx.send(true);
     let published = publishing.await.unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stay_report: StayReport = serde_json::from_str(&stay.end().await?)?;
+    let stay_report: StayReport = serde_json::from_str(&stay.finish().await?)?;
     let mut reconnect = new_histogram();
     for r in &reports {
         reconnect.add(&decode_histogram(&r.reconnect)?)?;
     }
     for p in storm {
-        p.end().await?;
+        p.finish().await?;
     }
     let phases = stay_report
         .phases
