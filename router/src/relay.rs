@@ -64,6 +64,17 @@ pub(crate) fn join(
         state.ctx.observer.joined(&name, &member);
         return;
     }
+    // The room's first subscription is on its way: a plain join needs
+    // nothing else from the home, and is answered from it.
+    if req.since.is_none() && matches!(&core.mode, Mode::Subscribing { home: h, .. } if *h == home)
+    {
+        core.joining.push(Joining {
+            ticket: None,
+            req,
+            leave: None,
+        });
+        return;
+    }
     // Ask the home without waiting for it: the answer comes back as
     // `Joined`, and the room serves its members meanwhile.
     match &core.mode {
@@ -83,7 +94,7 @@ pub(crate) fn join(
     let ticket = core.next_ticket;
     core.next_ticket += 1;
     core.joining.push(Joining {
-        ticket,
+        ticket: Some(ticket),
         req,
         leave: None,
     });
@@ -140,7 +151,7 @@ pub(crate) fn joined(
     answer: Option<RoomWire>,
 ) {
     let mut core = state.core.lock();
-    let Some(at) = core.joining.iter().position(|j| j.ticket == ticket) else {
+    let Some(at) = core.joining.iter().position(|j| j.ticket == Some(ticket)) else {
         return;
     };
     let Joining {
@@ -148,6 +159,11 @@ pub(crate) fn joined(
         leave: then_leave,
         ..
     } = core.joining.swap_remove(at);
+    // The plain joins that waited for this answer are answered after it,
+    // from where it leaves the room (or, if it failed, try on their own).
+    let (riders, asked): (Vec<_>, Vec<_>) =
+        core.joining.drain(..).partition(|j| j.ticket.is_none());
+    core.joining = asked;
     let name = core.name.clone();
     let conn = req.member.conn;
     let still_home = state.ctx.cluster.home(&name) == Home::Remote(home.clone());
@@ -178,6 +194,7 @@ pub(crate) fn joined(
             // The home moved while the join waited: it goes the new way.
             rejoin(myself, state, req, then_leave);
         }
+        rejoin_all(myself, state, riders);
         return;
     };
     let held = match &mut core.mode {
@@ -206,6 +223,7 @@ pub(crate) fn joined(
         forget_meanwhile(&mut core);
         drop(core);
         rejoin(myself, state, req, then_leave);
+        rejoin_all(myself, state, riders);
         return;
     };
     let JoinRequest { member, id, .. } = req;
@@ -235,6 +253,13 @@ pub(crate) fn joined(
     state.ctx.observer.joined(&name, &member);
     if let Some(ack) = then_leave {
         leave(state, conn, ack);
+    }
+    rejoin_all(myself, state, riders);
+}
+
+fn rejoin_all(myself: &ActorRef<RoomMsg>, state: &mut RoomState, waiting: Vec<Joining>) {
+    for j in waiting {
+        rejoin(myself, state, j.req, j.leave);
     }
 }
 

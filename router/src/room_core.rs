@@ -98,7 +98,9 @@ pub struct RoomCore {
 
 /// A join waiting for the home's answer (see `RoomMsg::Joined`).
 pub(crate) struct Joining {
-    pub(crate) ticket: u64,
+    /// The subscription it asked for; `None`: a plain join that waits for
+    /// the room's first subscription, in flight, and is answered from it.
+    pub(crate) ticket: Option<u64>,
     pub(crate) req: JoinRequest,
     /// The member left before the answer: the leave is carried out right
     /// after the join, so that its `ok` follows the join's.
