@@ -16,6 +16,10 @@
 //!
 //!     cargo test -p switchboard-gateway --test chaos -- --nocapture              # one cycle (CI)
 //!     CHAOS_SECS=1800 cargo test --release -p switchboard-gateway --test chaos -- --nocapture
+//!
+//! `CHAOS_FAULTS=freeze,kill` runs only the named faults (`kill`, `cut`,
+//! `freeze`, `silent`, `deploy`), to study one of them; `CHAOS_LOGS=a|b`
+//! prints the nodes' log lines that contain `a` or `b`.
 
 mod common;
 
@@ -154,59 +158,74 @@ async fn chaos() {
     let mut faults = Faults::default();
     let calm = Duration::from_secs(3);
     let set_addr = |i: usize, a: Option<String>| addrs.lock().unwrap()[i] = a;
+    let only = std::env::var("CHAOS_FAULTS").ok();
+    let runs = |fault: &str| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|f| f == fault))
+    };
     loop {
-        tokio::time::sleep(calm).await;
-        // kill -9 n3 and bring it back.
-        set_phase("kill -9");
-        set_addr(2, None);
-        nodes[2].kill9();
-        faults.kills += 1;
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        common::restart(&mut nodes, 2);
-        set_addr(2, Some(nodes[2].addr.clone()));
-        wait_all(&nodes).await;
-        tokio::time::sleep(calm).await;
-        // Cut the n1-n2 link.
-        set_phase("link cut");
-        to_n1.cut();
-        to_n2.cut();
-        faults.cuts += 1;
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        to_n1.heal();
-        to_n2.heal();
-        wait_all(&nodes).await;
-        tokio::time::sleep(calm).await;
-        // Freeze n2 for longer than the watchdog waits.
-        set_phase("freeze");
-        nodes[1].signal("STOP");
-        faults.freezes += 1;
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        nodes[1].signal("CONT");
-        wait_all(&nodes).await;
-        tokio::time::sleep(calm).await;
-        // A silent n1-n2 link.
-        set_phase("silent link");
-        to_n1.blackhole();
-        to_n2.blackhole();
-        faults.blackholes += 1;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        to_n1.heal();
-        to_n2.heal();
-        wait_all(&nodes).await;
-        tokio::time::sleep(calm).await;
-        // A rolling deploy: SIGTERM each node in turn (it drains: its rooms
-        // are handed over, its clients closed with 1012), then start it
-        // again on a new port.
-        set_phase("rolling deploy");
-        faults.deploys += 1;
-        for i in 0..nodes.len() {
-            set_addr(i, None);
-            nodes[i].signal("TERM");
-            assert!(nodes[i].wait_exit(Duration::from_secs(20)).success());
-            redeploy(&mut nodes, i, &to_n1, &to_n2);
-            set_addr(i, Some(nodes[i].addr.clone()));
+        if runs("kill") {
+            tokio::time::sleep(calm).await;
+            // kill -9 n3 and bring it back.
+            set_phase("kill -9");
+            set_addr(2, None);
+            nodes[2].kill9();
+            faults.kills += 1;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            common::restart(&mut nodes, 2);
+            set_addr(2, Some(nodes[2].addr.clone()));
             wait_all(&nodes).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if runs("cut") {
+            tokio::time::sleep(calm).await;
+            // Cut the n1-n2 link.
+            set_phase("link cut");
+            to_n1.cut();
+            to_n2.cut();
+            faults.cuts += 1;
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            to_n1.heal();
+            to_n2.heal();
+            wait_all(&nodes).await;
+        }
+        if runs("freeze") {
+            tokio::time::sleep(calm).await;
+            // Freeze n2 for longer than the watchdog waits.
+            set_phase("freeze");
+            nodes[1].signal("STOP");
+            faults.freezes += 1;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            nodes[1].signal("CONT");
+            wait_all(&nodes).await;
+        }
+        if runs("silent") {
+            tokio::time::sleep(calm).await;
+            // A silent n1-n2 link.
+            set_phase("silent link");
+            to_n1.blackhole();
+            to_n2.blackhole();
+            faults.blackholes += 1;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            to_n1.heal();
+            to_n2.heal();
+            wait_all(&nodes).await;
+        }
+        if runs("deploy") {
+            tokio::time::sleep(calm).await;
+            // A rolling deploy: SIGTERM each node in turn (it drains: its rooms
+            // are handed over, its clients closed with 1012), then start it
+            // again on a new port.
+            set_phase("rolling deploy");
+            faults.deploys += 1;
+            for i in 0..nodes.len() {
+                set_addr(i, None);
+                nodes[i].signal("TERM");
+                assert!(nodes[i].wait_exit(Duration::from_secs(20)).success());
+                redeploy(&mut nodes, i, &to_n1, &to_n2);
+                set_addr(i, Some(nodes[i].addr.clone()));
+                wait_all(&nodes).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         if started.elapsed() >= Duration::from_secs(secs) {
             break;
