@@ -15,6 +15,18 @@ const FAST: &[(&str, &str)] = &[
     ("SWITCHBOARD__LIMITS__PUBLISH_BURST", "100000"),
 ];
 
+/// Publishes, retrying while the room's home changes hands (503).
+async fn publish_until_taken(c: &mut Client, room: &str, data: String) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.publish(room, data.as_str().into()).await {
+            Ok(off) => return off,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn msgs(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
     let mut out = Vec::new();
     while out.len() < n {
@@ -578,4 +590,99 @@ async fn clients_of_a_draining_node_recover_elsewhere() {
         let got = msgs(&mut c, 1).await;
         assert_eq!((got[0].0, got[0].2.clone()), (2, Value::from("missed")));
     }
+}
+
+/// A home frozen past the watchdog (SIGSTOP: a long GC-like pause, a
+/// stopped VM) wakes up to find its follower took the room over and went
+/// on. It continues that sequence: no member anywhere is reset, nothing is
+/// released twice at one offset (a publication queued on the frozen node
+/// is answered with an offset that carries it, or refused), and a rejoin
+/// on the woken node recovers.
+#[tokio::test]
+async fn a_frozen_home_wakes_into_the_sequence_its_follower_went_on_with() {
+    let nodes = cluster3(FAST).await;
+    let names = ["n1", "n2", "n3"];
+    let room = room_homed_on("frozen", "n2", &names);
+    let mut a = nodes[0].client("a").await;
+    let mut b = nodes[2].client("b").await;
+    let mut c = nodes[1].client("c").await;
+    let epoch = a
+        .join(&room)
+        .await
+        .unwrap()
+        .str("epoch")
+        .unwrap()
+        .to_owned();
+    b.join(&room).await.unwrap();
+    c.join(&room).await.unwrap();
+    let first = a.publish(&room, "before".into()).await.unwrap();
+    for m in [&mut a, &mut b, &mut c] {
+        assert_eq!(msgs(m, 1).await[0].0, first);
+    }
+
+    nodes[1].freeze();
+    // Sent to the frozen node: it reads it when it wakes.
+    let queued = switchboard_client::encode_command(&[
+        ("op", "pub".into()),
+        ("id", Field::Value(Value::from(77u64))),
+        ("room", room.as_str().into()),
+        ("data", "queued".into()),
+    ]);
+    c.send_binary(queued).await.unwrap();
+    nodes[0].wait_nodes(2, WAIT).await;
+    nodes[2].wait_nodes(2, WAIT).await;
+    // The follower takes the room over and goes on with its epoch.
+    let mut during = Vec::new();
+    for i in 0..3 {
+        during.push(publish_until_taken(&mut a, &room, format!("during {i}")).await);
+    }
+    assert_eq!(during, [first + 1, first + 2, first + 3]);
+    nodes[1].signal("CONT");
+    for n in &nodes {
+        n.wait_nodes(3, Duration::from_secs(20)).await;
+    }
+    let last = publish_until_taken(&mut b, &room, "after".into()).await;
+
+    // Every member, the woken node's too, sees one sequence: no reset, no
+    // gap, and at each offset the same message.
+    let mut seen: Vec<Vec<(u64, Value)>> = Vec::new();
+    let mut answer = None;
+    for (i, m) in [&mut a, &mut b, &mut c].into_iter().enumerate() {
+        let mut got = Vec::new();
+        while got.last().map(|(o, _)| *o) != Some(last) {
+            let ev = m
+                .next_event(WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("member {i}: {e} after {got:?}"));
+            assert_ne!(ev.op(), "reset", "member {i}: {ev:?}");
+            match ev.op() {
+                "msg" => got.push((ev.u64("offset").unwrap(), ev.get("data").unwrap().clone())),
+                _ if ev.u64("id") == Some(77) => answer = Some(ev),
+                _ => {}
+            }
+        }
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, ((first + 1)..=last).collect::<Vec<_>>());
+        seen.push(got);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    // The queued publication: at an offset that carries it, or refused.
+    let answer = match answer {
+        Some(answer) => answer,
+        None => c.reply(77, WAIT).await.unwrap(),
+    };
+    if answer.op() == "ok" {
+        let at = answer.u64("offset").unwrap();
+        assert!(
+            seen[0].contains(&(at, Value::from("queued"))),
+            "acknowledged at {at}, delivered {:?}",
+            seen[0]
+        );
+    }
+    let mut back = nodes[1].client("back").await;
+    let ok = back.join_since(&room, &epoch, first).await.unwrap();
+    assert_eq!(
+        (ok.bool("recovered"), ok.str("epoch")),
+        (Some(true), Some(epoch.as_str()))
+    );
 }

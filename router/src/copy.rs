@@ -6,7 +6,8 @@ use ractor::ActorRef;
 use switchboard_cluster::Home;
 
 use crate::history::History;
-use crate::room::{Mode, RoomMsg, RoomState};
+use crate::room::{Mode, RoomCore, RoomMsg, RoomState};
+use crate::rooms::RoomContext;
 use crate::wire::RoomWire;
 
 /// A replication message from a peer, for this room.
@@ -21,19 +22,23 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             home,
             epoch,
             entry,
+            term,
         } => {
-            let held_here = core.holds && core.history.epoch == epoch;
-            let (upto, refused, resend) = if held_here {
+            let stale_here = step_down_if_stale(&mut core, &state.ctx, &home, &epoch, term);
+            let holder = newer_than(&core, &me, &home, &epoch, term, entry.offset);
+            let (upto, refused, resend) = if holder.is_some() {
                 (0, true, false)
             } else {
                 match core.copies.get_mut(home.as_str()) {
-                    Some(copy) if copy.epoch == epoch => match copy.push(now, entry) {
-                        Ok(()) => (copy.last_offset(), false, false),
-                        Err(reason) => {
-                            tracing::debug!(room = %room, home = %home, reason, "copy out of step");
-                            (copy.last_offset(), false, true)
+                    Some(copy) if copy.epoch == epoch && copy.term == term => {
+                        match copy.push(now, entry) {
+                            Ok(()) => (copy.last_offset(), false, false),
+                            Err(reason) => {
+                                tracing::debug!(room = %room, home = %home, reason, "copy out of step");
+                                (copy.last_offset(), false, true)
+                            }
                         }
-                    },
+                    }
                     _ => (0, false, true),
                 }
             };
@@ -44,8 +49,14 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
                 upto,
                 refused,
                 resend,
+                holder,
+                term: Some(term),
             };
             cluster.send(&home, answer.encode());
+            if stale_here {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+            }
         }
         RoomWire::Snapshot {
             room,
@@ -53,22 +64,15 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             epoch,
             last,
             entries,
+            term,
         } => {
             let s = &state.ctx.settings;
             let longer = last > core.history.last_offset();
-            // Never replaced by a copy of itself: which of two holders of
-            // one epoch is stale cannot be told from the copies' lengths
-            // (a stale one may carry a longer unreleased tail).
-            let held_here = core.holds && core.history.epoch == epoch;
-            // A copy of this epoch that another home carried further: the
-            // sender is stale, and must not go on with it.
-            let behind = core
-                .copies
-                .iter()
-                .any(|(h, c)| **h != *home && c.epoch == epoch && c.last_offset() > last);
-            let refused = if held_here || behind {
-                if behind {
-                    tracing::warn!(room = %room, home = %home, epoch, last, "refused a snapshot: that epoch went further elsewhere");
+            let stale_here = step_down_if_stale(&mut core, &state.ctx, &home, &epoch, term);
+            let holder = newer_than(&core, &me, &home, &epoch, term, last);
+            let refused = if let Some(holder) = &holder {
+                if *holder != me {
+                    tracing::warn!(room = %room, home = %home, epoch, last, term, holder, "refused a snapshot: that epoch went further elsewhere");
                 }
                 true
             } else {
@@ -80,7 +84,8 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
                     entries,
                     now,
                 ) {
-                    Ok(copy) => {
+                    Ok(mut copy) => {
+                        copy.term = term;
                         // One copy per epoch: the newest home's.
                         core.copies.retain(|_, c| c.epoch != epoch);
                         core.copies.insert(home.as_str().into(), copy);
@@ -99,8 +104,15 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
                 upto: last,
                 refused,
                 resend: false,
+                holder,
+                term: Some(term),
             };
             cluster.send(&home, answer.encode());
+            if stale_here {
+                drop(core);
+                crate::home::acquire(myself, state, None);
+                return;
+            }
             let here = cluster.home(&room) == Home::Local;
             if !refused && matches!(core.mode, Mode::Idle) && here {
                 // A copy from a home that no longer homes the room, here
@@ -138,8 +150,15 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
             upto,
             refused,
             resend,
+            holder,
+            term,
             ..
         } => {
+            // An answer to an earlier holding of the epoch by this node.
+            if term.is_some_and(|t| t != core.history.term) {
+                return;
+            }
+            let refused = refused.then(|| holder.unwrap_or_else(|| node.clone()));
             if crate::home::on_appended(&mut core, &state.ctx, &node, &epoch, upto, refused, resend)
             {
                 drop(core);
@@ -148,4 +167,53 @@ pub(crate) fn handle(myself: &ActorRef<RoomMsg>, state: &mut RoomState, wire: Ro
         }
         other => tracing::warn!(?other, "not a replication message"),
     }
+}
+
+/// A holding or copy of `epoch` here that goes further than the sender's
+/// (`term`, up to `last`): the node that has it, and the sender must not
+/// go on. A higher term is a later holding; of one term (two holders that
+/// both took the epoch over), the longer copy. This node never continues
+/// a copy of its own holding of the same term (a stale holder may carry a
+/// longer unreleased tail).
+fn newer_than(
+    core: &RoomCore,
+    me: &str,
+    home: &str,
+    epoch: &str,
+    term: u64,
+    last: u64,
+) -> Option<String> {
+    if core.holds && core.history.epoch == epoch && core.history.term >= term {
+        return Some(me.to_owned());
+    }
+    core.copies
+        .iter()
+        .find(|(h, c)| {
+            &***h != home
+                && c.epoch == epoch
+                && (c.term > term || (c.term == term && c.last_offset() > last))
+        })
+        .map(|(h, _)| h.to_string())
+}
+
+/// This node holds `epoch` under a lower term than `home` does: `home`
+/// took it over (or was handed it) after this node's holding, which is
+/// stale. It stops holding at once, releasing nothing more, and fetches
+/// the room from `home` if it is the room's home (the caller acquires when
+/// this returns true).
+fn step_down_if_stale(
+    core: &mut RoomCore,
+    ctx: &RoomContext,
+    home: &str,
+    epoch: &str,
+    term: u64,
+) -> bool {
+    if !(core.holds && core.history.epoch == epoch && core.history.term < term) {
+        return false;
+    }
+    tracing::warn!(room = %core.name, epoch, term = core.history.term, holder = home, newer = term, "a later holding of this epoch exists; fetching the room");
+    crate::home::unhold(core, ctx);
+    core.holder_hint = Some(home.into());
+    core.follower = None;
+    matches!(core.mode, Mode::Home { .. })
 }

@@ -19,6 +19,10 @@ struct Entry {
 /// Offsets within one epoch, and the recent messages kept for recovery.
 pub(crate) struct History {
     pub(crate) epoch: String,
+    /// Which holding of the epoch this is: 0 when the epoch starts, one
+    /// more at every take-over and hand-over. A copy keeps its home's. Of
+    /// two holders of one epoch, the one with the lower term is stale.
+    pub(crate) term: u64,
     last_offset: u64,
     /// The newest offset members may see: a home releases a message once
     /// its follower holds a copy. Unreleased entries are never dropped.
@@ -41,6 +45,7 @@ impl History {
     pub(crate) fn new(size: usize, ttl: Duration) -> Self {
         Self {
             epoch: format!("{:016x}", fastrand::u64(..)),
+            term: 0,
             last_offset: 0,
             released: 0,
             entries: VecDeque::with_capacity(size.min(16)),

@@ -20,9 +20,16 @@
 //! (the next node in rendezvous order, the one that takes over if the home
 //! is lost) and releases it (to members, subscribers and the publisher's
 //! `ok`) once the follower has confirmed it. A home that loses its follower
-//! goes on with a new follower while it still sees another node, and
-//! otherwise starts a new epoch: alone, it cannot tell whether the follower
-//! took the room over.
+//! goes on with a new follower while it still sees another node. One that
+//! lost every peer releases nothing until the membership has settled
+//! again: peers back, it goes on with a new follower (which refuses it if
+//! it took the room over meanwhile); still alone, it starts a new epoch,
+//! since it cannot tell whether the follower took the room over.
+//!
+//! A holder also learns that it is stale when a node subscribes with an
+//! offset of its epoch that it never released: another node went on with
+//! the epoch (it took the room over while this one was frozen). It stops
+//! holding and fetches the room, like any new home.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -35,6 +42,7 @@ use switchboard_telemetry::names;
 use crate::history::History;
 use crate::room::{dispatch, release, start_sync, Mode, RoomCore, RoomMsg, RoomState};
 use crate::rooms::RoomContext;
+use crate::sequencer::send_to_subscribers;
 use crate::wire::{Logged, RoomWire};
 
 /// The node that keeps a copy of the home's sequence.
@@ -55,12 +63,17 @@ pub enum Acquired {
         epoch: String,
         last: u64,
         entries: Vec<Logged>,
+        term: u64,
     },
     /// The copy kept for `origin`, whose home is gone.
     TakeOver { origin: Arc<str> },
     /// Nothing to continue: a new epoch.
     Fresh { why: &'static str },
 }
+
+/// How long a home that lost every peer waits for them to come back before
+/// it starts a new epoch alone.
+const ALONE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a node that lost sight of a home waits for the witnesses to
 /// lose it too (they notice a crash as fast, a silent one within the
@@ -88,10 +101,15 @@ pub(crate) fn acquire(myself: &ActorRef<RoomMsg>, state: &mut RoomState, first: 
         Mode::Home { .. } => Some((core.history.epoch.clone(), core.history.released())),
         _ => None,
     };
+    let subscribers = match &mut core.mode {
+        Mode::Home { subscribers } => std::mem::take(subscribers),
+        _ => Default::default(),
+    };
     core.fail_pending(&state.ctx);
     core.mode = Mode::Acquiring {
         queue: first.into_iter().collect(),
         epoch: members,
+        subscribers,
     };
     if core.holds {
         drop(core);
@@ -124,8 +142,11 @@ fn find_holder(myself: &ActorRef<RoomMsg>, state: &RoomState) {
             let view = cluster.view();
             let reachable = core.copies.keys().find(|o| view.has(o)).cloned();
             // The node last known to hold the room (this one handed it
-            // over, or was overtaken by it), if it is in view.
-            let handed = core.holder_hint.clone().filter(|n| view.has(n));
+            // over, or was overtaken by it): asked even if it is not in
+            // view yet (just back from a freeze, this node may not have
+            // met it again); a node that stays away is taken over from,
+            // or given up on, after the witnesses are heard.
+            let handed = core.holder_hint.clone();
             match (handed.or(reachable), core.copies.keys().next().cloned()) {
                 (Some(origin), _) => Source::Fetch(origin),
                 (None, Some(origin)) => Source::TakeOver(origin),
@@ -140,87 +161,148 @@ fn find_holder(myself: &ActorRef<RoomMsg>, state: &RoomState) {
 
 /// How the room is to be acquired; `None`: it is not (the room is homed
 /// elsewhere now, and its view change routed it there).
-async fn resolve(cluster: &Cluster, room: &str, source: Source) -> Option<Acquired> {
-    match source {
-        Source::Fresh => Some(Acquired::Fresh {
-            why: "no node held it",
-        }),
-        Source::Fetch(node) => {
-            let ask = RoomWire::Fetch {
-                room: room.to_owned(),
-                node: cluster.me().to_string(),
+async fn resolve(cluster: &Cluster, room: &str, mut source: Source) -> Option<Acquired> {
+    // A holder that stops answering and comes back (its links were
+    // renewed: it was frozen, or its sessions dropped) is asked again, not
+    // given up on, until this deadline.
+    let deadline = tokio::time::Instant::now() + 2 * WITNESS_WAIT;
+    loop {
+        source = match source {
+            Source::Fresh => {
+                return Some(Acquired::Fresh {
+                    why: "no node held it",
+                })
             }
-            .encode();
-            let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
-            loop {
-                match cluster
-                    .call(&node, ask.clone())
-                    .await
-                    .and_then(|a| RoomWire::decode(&a).ok())
-                {
-                    Some(RoomWire::Snapshot {
-                        epoch,
-                        last,
-                        entries,
-                        ..
-                    }) => {
-                        return Some(Acquired::Fetched {
-                            epoch,
-                            last,
-                            entries,
-                        })
-                    }
-                    Some(_) => {
-                        return Some(Acquired::Fresh {
-                            why: "the previous node held nothing",
-                        })
-                    }
-                    // Not answered but still there (a slow link, a busy
-                    // node): ask again rather than start over.
-                    None if cluster.view().has(&node) && tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    // Gone: the copy (if any) is the room.
-                    None => return Box::pin(resolve(cluster, room, Source::TakeOver(node))).await,
-                }
-            }
-        }
-        Source::TakeOver(origin) => {
-            let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
-            loop {
-                if cluster.home(room) != Home::Local {
-                    return None;
-                }
-                if cluster.view().has(&origin) {
+            Source::Fetch(node) => match fetch(cluster, room, &node).await {
+                Fetch::Got(how) => return Some(how),
+                Fetch::NotHeld => return Some(ask_others(cluster, room, &node).await),
+                // Gone: the copy (if any) is the room.
+                Fetch::Gone => Source::TakeOver(node),
+            },
+            Source::TakeOver(origin) => match take_over(cluster, room, &origin).await? {
+                Ok(how) => return Some(how),
+                Err(()) if tokio::time::Instant::now() < deadline => Source::Fetch(origin),
+                Err(()) => {
                     return Some(Acquired::Fresh {
-                        why: "the old home is back",
-                    });
+                        why: "the old home is back, and did not hand the room over",
+                    })
                 }
-                match cluster.witnessed(&origin).await {
-                    Some(false) => return Some(Acquired::TakeOver { origin }),
-                    // Every witness was lost while it was asked: ask again
-                    // once the membership has settled (see `settled`).
-                    None if !cluster.is_ready() => cluster.settled().await,
-                    // A witness's link can fail a moment before the view
-                    // drops it (a node waking from a freeze finds every
-                    // link dead, one after the other): only a silence that
-                    // lasts means no one can tell.
-                    None if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    None => {
-                        return Some(Acquired::Fresh {
-                            why: "no witness: the old home may only be cut off",
-                        })
-                    }
-                    Some(true) if tokio::time::Instant::now() >= deadline => {
-                        return Some(Acquired::Fresh {
-                            why: "the old home is still seen: a partition",
-                        })
-                    }
-                    Some(true) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
+            },
+        };
+    }
+}
+
+enum Fetch {
+    Got(Acquired),
+    /// It answered that it does not hold the room.
+    NotHeld,
+    /// It left the view before it answered.
+    Gone,
+}
+
+/// Asks `node` for the room.
+async fn fetch(cluster: &Cluster, room: &str, node: &Arc<str>) -> Fetch {
+    let ask = RoomWire::Fetch {
+        room: room.to_owned(),
+        node: cluster.me().to_string(),
+    }
+    .encode();
+    let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
+    loop {
+        match cluster
+            .call(node, ask.clone())
+            .await
+            .and_then(|a| RoomWire::decode(&a).ok())
+        {
+            Some(RoomWire::Snapshot {
+                epoch,
+                last,
+                entries,
+                term,
+                ..
+            }) => {
+                return Fetch::Got(Acquired::Fetched {
+                    epoch,
+                    last,
+                    entries,
+                    term,
+                })
             }
+            Some(_) => return Fetch::NotHeld,
+            // Not answered but still there (a slow link, a busy node): ask
+            // again rather than start over.
+            None if cluster.view().has(node) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            None => return Fetch::Gone,
+        }
+    }
+}
+
+/// The node asked first did not hold the room (it refused a copy because
+/// it keeps a longer one, or was only the last hint): the holder, if any,
+/// is one of the next nodes in the room's rendezvous order, where a home
+/// that was lost is taken over. Asks the next two before a new epoch.
+async fn ask_others(cluster: &Cluster, room: &str, asked: &Arc<str>) -> Acquired {
+    let others: Vec<Arc<str>> = cluster
+        .view()
+        .ranked(room)
+        .into_iter()
+        .filter(|n| n != cluster.me() && n != asked)
+        .take(2)
+        .collect();
+    for node in &others {
+        if let Fetch::Got(how) = fetch(cluster, room, node).await {
+            return how;
+        }
+    }
+    Acquired::Fresh {
+        why: "the previous node held nothing",
+    }
+}
+
+/// Takes over the copy kept for `origin` once the witnesses agree that it
+/// is gone. `None`: the room is homed elsewhere now; `Err`: `origin` is
+/// back in the view (ask it for the room).
+async fn take_over(
+    cluster: &Cluster,
+    room: &str,
+    origin: &Arc<str>,
+) -> Option<Result<Acquired, ()>> {
+    let deadline = tokio::time::Instant::now() + WITNESS_WAIT;
+    loop {
+        if cluster.home(room) != Home::Local {
+            return None;
+        }
+        if cluster.view().has(origin) {
+            return Some(Err(()));
+        }
+        match cluster.witnessed(origin).await {
+            Some(false) => {
+                return Some(Ok(Acquired::TakeOver {
+                    origin: origin.clone(),
+                }))
+            }
+            // Every witness was lost while it was asked: ask again once
+            // the membership has settled (see `settled`).
+            None if !cluster.is_ready() => cluster.settled().await,
+            // A witness's link can fail a moment before the view drops it
+            // (a node waking from a freeze finds every link dead, one after
+            // the other): only a silence that lasts means no one can tell.
+            None if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            None => {
+                return Some(Ok(Acquired::Fresh {
+                    why: "no witness: the old home may only be cut off",
+                }))
+            }
+            Some(true) if tokio::time::Instant::now() >= deadline => {
+                return Some(Ok(Acquired::Fresh {
+                    why: "the old home is still seen: a partition",
+                }))
+            }
+            Some(true) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
@@ -248,6 +330,7 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
                 epoch,
                 last,
                 entries,
+                term,
             } => match History::from_wire(
                 s.history_size,
                 s.history_ttl,
@@ -256,7 +339,8 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
                 entries,
                 Instant::now(),
             ) {
-                Ok(h) => {
+                Ok(mut h) => {
+                    h.term = term + 1;
                     core.history = h;
                     "fetched"
                 }
@@ -267,7 +351,8 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
                 }
             },
             Acquired::TakeOver { origin } => match core.copies.remove(&origin) {
-                Some(copy) => {
+                Some(mut copy) => {
+                    copy.term += 1;
                     core.history = copy;
                     "taken_over"
                 }
@@ -286,16 +371,19 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
         tracing::info!(room = %core.name, epoch = %core.history.epoch, offset = core.history.last_offset(), outcome, "room acquired");
         core.copies.clear();
         hold(&state.ctx, &state.core, &mut core);
-        let previous = std::mem::replace(
-            &mut core.mode,
-            Mode::Home {
-                subscribers: Default::default(),
-            },
-        );
-        let Mode::Acquiring { queue, epoch } = previous else {
+        let previous = std::mem::replace(&mut core.mode, Mode::Idle);
+        let Mode::Acquiring {
+            queue,
+            epoch,
+            subscribers,
+        } = previous
+        else {
             return;
         };
-        let members_continue = epoch.is_some_and(|(e, _)| e == core.history.epoch);
+        core.mode = Mode::Home { subscribers };
+        let members_continue = epoch
+            .as_ref()
+            .is_some_and(|(e, _)| *e == core.history.epoch);
         if !members_continue {
             let (e, at) = (core.history.epoch.clone(), core.history.released());
             core.reset_members(&e, at, "home_changed");
@@ -303,9 +391,14 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
         // What needs no follower goes out here; with one, on its
         // confirmation; while a peer's version is unknown, not yet.
         pick_follower(&mut core, &state.ctx);
-        // Members that continue get what they missed of the epoch.
+        // Members that continue get what they missed of the epoch, and
+        // so do the nodes that stayed subscribed.
         let RoomCore {
-            history, members, ..
+            name,
+            history,
+            members,
+            mode,
+            ..
         } = &mut *core;
         let now = Instant::now();
         for slot in members.values_mut() {
@@ -313,6 +406,14 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
                 slot.member.sink.deliver(ev.clone(), now);
             }
             slot.delivered = slot.delivered.max(history.released());
+        }
+        if let (Some((_, told)), Mode::Home { subscribers }) = (epoch, mode) {
+            if members_continue {
+                for (i, ev) in history.after(told).enumerate() {
+                    let at = told + 1 + i as u64;
+                    send_to_subscribers(subscribers, &state.ctx, name, &history.epoch, at, ev);
+                }
+            }
         }
         queue
     };
@@ -367,6 +468,7 @@ pub(crate) fn hand_over(holder: &Holder, node: Arc<str>) -> RoomWire {
 /// This node holds the room's sequence from now on.
 pub(crate) fn hold(ctx: &Arc<RoomContext>, shared: &Arc<Mutex<RoomCore>>, core: &mut RoomCore) {
     core.holds = true;
+    core.solo = false;
     core.holder_hint = None;
     let holder = Holder {
         core: shared.clone(),
@@ -378,6 +480,7 @@ pub(crate) fn hold(ctx: &Arc<RoomContext>, shared: &Arc<Mutex<RoomCore>>, core: 
 /// This node no longer holds the room's sequence.
 pub(crate) fn unhold(core: &mut RoomCore, ctx: &RoomContext) {
     core.holds = false;
+    core.lost_alone = None;
     ctx.held.remove(&core.name);
 }
 
@@ -399,6 +502,7 @@ fn snapshot(ctx: &RoomContext, core: &RoomCore) -> RoomWire {
         epoch: core.history.epoch.clone(),
         last: core.history.last_offset(),
         entries: core.history.to_wire(Instant::now()),
+        term: core.history.term,
     }
 }
 
@@ -424,7 +528,40 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
         tracing::warn!(room = %core.name, follower = %f.node, "follower lost");
         core.follower = None;
         if view.peers.is_empty() {
+            // Losing every peer at once is most often this node's own
+            // doing (it was frozen): the membership dials them all again
+            // first (see `Cluster::settled`), and this waits for that, and
+            // for the peers that come back a moment later (a node without
+            // seeds settles at once).
+            let lost = Instant::now();
+            core.lost_alone = Some(lost);
+            let room = ctx.map.get(&core.name).map(|a| a.clone());
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                // Settling ends within seconds; a node stopping meanwhile
+                // never settles, and this task ends with it.
+                let _ = tokio::time::timeout(Duration::from_secs(10), cluster.settled()).await;
+                tokio::time::sleep_until((lost + ALONE_GRACE).into()).await;
+                if let Some(room) = room {
+                    let _ = room.cast(RoomMsg::ViewChanged);
+                }
+            });
+        }
+    }
+    if let Some(lost) = core.lost_alone {
+        if !view.peers.is_empty() {
+            // Peers are back: the follower picked below gets a snapshot,
+            // and refuses it if it took the room over meanwhile (this
+            // node then fetches the room from it: see `on_appended`).
+            core.lost_alone = None;
+        } else if cluster.is_ready() && lost.elapsed() >= ALONE_GRACE {
+            // Settled, and still alone: the follower may be going on with
+            // the epoch somewhere this node cannot see.
+            core.lost_alone = None;
             new_epoch(core, ctx, "follower_lost_alone");
+        } else {
+            core.solo = false;
+            return;
         }
     }
     let want = if ctx.settings.replicas < 2 {
@@ -437,6 +574,7 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
             // came back): it may be the follower, or hold this very epoch.
             // Nothing is released without a follower meanwhile; its version
             // changes the view, which calls this again.
+            core.solo = false;
             return;
         }
         others
@@ -453,7 +591,8 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
             core.follower = Some(Follower { node, acked: 0 });
         }
     }
-    if core.follower.is_none() {
+    core.solo = core.follower.is_none();
+    if core.solo {
         // Nobody to wait for: one node, `replicas = 1`, or no peer that
         // can follow. (Not reached while a peer's version is unknown.)
         let last = core.history.last_offset();
@@ -471,7 +610,7 @@ pub(crate) fn on_appended(
     node: &str,
     epoch: &str,
     upto: u64,
-    refused: bool,
+    refused: Option<String>,
     resend: bool,
 ) -> bool {
     if !core.holds || core.history.epoch != epoch {
@@ -480,19 +619,20 @@ pub(crate) fn on_appended(
     let Some(f) = core.follower.as_mut().filter(|f| *f.node == *node) else {
         return false;
     };
-    if refused {
+    if let Some(holder) = refused {
         // It holds this epoch too (it took the room over while this node
         // was frozen or cut off), or a copy of it that went further. This
         // node stops holding at once, so at most one node releases the
         // epoch, and asks the refuser for the room like any new home:
         // what it released, the refuser confirmed before, so its members
         // continue in the fetched sequence. What it sequenced and nobody
-        // confirmed is dropped (its publishers got no `ok` and retry). If
-        // the refuser does not hold the room either, a new epoch.
-        tracing::warn!(room = %core.name, follower = node, "follower holds the epoch now; fetching it");
+        // confirmed is dropped (its publishers got no `ok` and retry). The
+        // refuser names the holder (itself, or the home of the longer
+        // copy), which is asked even before it is back in this node's view.
+        tracing::warn!(room = %core.name, follower = node, holder, "follower refused: the epoch went on elsewhere; fetching it");
         core.follower = None;
         unhold(core, ctx);
-        core.holder_hint = Some(node.into());
+        core.holder_hint = Some(holder.into());
         return true;
     }
     if resend {

@@ -105,6 +105,7 @@ pub(crate) fn join(
         &name,
         home,
         since,
+        false,
         move |home, answer| RoomMsg::Joined {
             ticket,
             home,
@@ -122,12 +123,14 @@ fn subscribe_at(
     room: &str,
     home: Arc<str>,
     since: Option<SinceWire>,
+    relayed: bool,
     reply: impl FnOnce(Arc<str>, Option<RoomWire>) -> RoomMsg + Send + 'static,
 ) {
     let wire = RoomWire::Subscribe {
         room: room.to_owned(),
         node: ctx.cluster.me().to_string(),
         since,
+        relayed,
     };
     let answer = ctx.cluster.request(&home, wire.encode());
     let myself = myself.clone();
@@ -407,9 +410,15 @@ pub(crate) fn start_sync(
         asked: held.len(),
         held,
     };
-    subscribe_at(myself, ctx, &core.name, home, since, |home, answer| {
-        RoomMsg::Resynced { home, answer }
-    });
+    subscribe_at(
+        myself,
+        ctx,
+        &core.name,
+        home,
+        since,
+        true,
+        |home, answer| RoomMsg::Resynced { home, answer },
+    );
 }
 
 pub(crate) fn resynced(
@@ -455,6 +464,7 @@ pub(crate) fn resynced(
             relay(&mut core, now_epoch.clone(), at, Bytes::from(ev.into_vec()));
         }
     } else {
+        tracing::info!(room = %core.name, home = %home, epoch, last, now_epoch, offset, ?recovered, "the home does not continue this node's sequence");
         core.reset_members(&now_epoch, offset, "home_changed");
         core.superseded(&state.ctx, &now_epoch);
     }

@@ -47,6 +47,9 @@ pub enum RoomMsg {
     Subscribe {
         node: Arc<str>,
         since: Option<SinceWire>,
+        /// `since` is the subscribing node's relay position, not a
+        /// client's (see `RoomWire::Subscribe`).
+        relayed: bool,
         reply: tokio::sync::oneshot::Sender<RoomWire>,
     },
     /// (home) A node has no members left.
@@ -296,9 +299,12 @@ pub(crate) fn dispatch(myself: &ActorRef<RoomMsg>, state: &mut RoomState, msg: R
         RoomMsg::Publish(req) => publish(state, *req),
         RoomMsg::Tick => tick(myself, state),
         RoomMsg::ViewChanged => view_changed(myself, state),
-        RoomMsg::Subscribe { node, since, reply } => {
-            let _ = reply.send(subscribe(state, node, since));
-        }
+        RoomMsg::Subscribe {
+            node,
+            since,
+            relayed,
+            reply,
+        } => subscribe(myself, state, node, since, relayed, reply),
         RoomMsg::Unsubscribe { node } => {
             if let Mode::Home { subscribers } = &mut state.core.lock().mode {
                 subscribers.remove(&node);
@@ -437,7 +443,8 @@ pub(crate) fn view_changed(myself: &ActorRef<RoomMsg>, state: &mut RoomState) {
         }
         (Mode::Acquiring { .. }, Home::Remote(to)) => {
             // The view moved on first: what waited goes the new way.
-            let Mode::Acquiring { queue, epoch } = std::mem::replace(&mut core.mode, Mode::Idle)
+            let Mode::Acquiring { queue, epoch, .. } =
+                std::mem::replace(&mut core.mode, Mode::Idle)
             else {
                 return;
             };

@@ -58,6 +58,10 @@ pub(crate) enum Mode {
     Acquiring {
         queue: Vec<RoomMsg>,
         epoch: Option<(String, u64)>,
+        /// Nodes subscribed while this node was the home before (it is
+        /// acquiring the room again: it was refused, or found stale): they
+        /// stay subscribed, and get what they missed once it holds.
+        subscribers: BTreeSet<Arc<str>>,
     },
 }
 
@@ -78,6 +82,15 @@ pub struct RoomCore {
     /// (home) The node that keeps a copy of the sequence and confirms each
     /// message before it is released (`cluster.replicas` = 2).
     pub(crate) follower: Option<crate::home::Follower>,
+    /// (home) When the follower was lost together with every other peer:
+    /// until the membership has settled again (and `ALONE_GRACE` passed),
+    /// this node cannot tell whether the follower took the room over, and
+    /// releases nothing.
+    pub(crate) lost_alone: Option<Instant>,
+    /// (home) Nobody to wait for (one node, `replicas = 1`, no peer that
+    /// can follow): a message is released as soon as it is sequenced.
+    /// Without a follower and not solo, it waits (see `pick_follower`).
+    pub(crate) solo: bool,
     /// (home) Replies waiting for their offset to be released.
     pub(crate) waiting: std::collections::VecDeque<(u64, PublishReply)>,
     /// (follower) Copies of other homes' sequences of this room, by home.
@@ -118,6 +131,8 @@ impl RoomCore {
             next_ack: 1,
             holds: false,
             follower: None,
+            lost_alone: None,
+            solo: false,
             waiting: std::collections::VecDeque::new(),
             copies: HashMap::new(),
             moved_at: None,

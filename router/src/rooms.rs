@@ -152,10 +152,16 @@ impl Rooms {
         room: &str,
         node: Arc<str>,
         since: Option<SinceWire>,
+        relayed: bool,
     ) -> Result<RoomWire, RouterError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.cast(room, RoomMsg::Subscribe { node, since, reply })
-            .await?;
+        let msg = RoomMsg::Subscribe {
+            node,
+            since,
+            relayed,
+            reply,
+        };
+        self.cast(room, msg).await?;
         tokio::time::timeout(switchboard_cluster::CALL_TIMEOUT, rx)
             .await
             .ok()
@@ -245,8 +251,13 @@ impl Rooms {
     /// A rooms' request from a peer; the encoded answer.
     pub async fn on_call(&self, bytes: &[u8]) -> Vec<u8> {
         let answer = match RoomWire::decode(bytes) {
-            Ok(RoomWire::Subscribe { room, node, since }) => self
-                .subscribe(&room, node.into(), since)
+            Ok(RoomWire::Subscribe {
+                room,
+                node,
+                since,
+                relayed,
+            }) => self
+                .subscribe(&room, node.into(), since, relayed)
                 .await
                 .unwrap_or_else(|e| RoomWire::Error {
                     reason: e.to_string(),

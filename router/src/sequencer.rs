@@ -2,11 +2,13 @@
 //! to the home), releasing them to members and subscribed nodes, and
 //! answering subscriptions.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ractor::ActorRef;
 use serde_bytes::ByteBuf;
-use switchboard_protocol::event;
+use switchboard_protocol::{event, Bytes};
 
 use switchboard_cluster::Home;
 use switchboard_telemetry::names;
@@ -14,7 +16,7 @@ use switchboard_telemetry::names;
 use crate::history::Recovery;
 use crate::room::{
     add_member, is_home, push_joined, refuse_join, JoinRequest, Mode, PublishReply, PublishRequest,
-    RoomCore, RoomState,
+    RoomCore, RoomMsg, RoomState,
 };
 use crate::rooms::RoomContext;
 use crate::wire::{RoomWire, SinceWire};
@@ -30,7 +32,7 @@ pub(crate) fn join(state: &mut RoomState, req: JoinRequest) {
         refused,
     } = req;
     let mut core = state.core.lock();
-    if !is_home(&core) {
+    if !is_home(&core) || ahead(&core, since.as_ref().map(|s| (&*s.epoch, s.offset))) {
         drop(core);
         refuse_join(member, id, refused);
         return;
@@ -130,10 +132,13 @@ pub(crate) fn sequence(state: &mut RoomState, req: PublishRequest) {
                     age_ms: 0,
                     event: ByteBuf::from(ev.to_vec()),
                 },
+                term: core.history.term,
             };
             state.ctx.cluster.send(&f.node, append.encode());
         }
-        None => release(&mut core, &state.ctx, offset),
+        None if core.solo => release(&mut core, &state.ctx, offset),
+        // Released once a follower has it (see `pick_follower`).
+        None => {}
     }
 }
 
@@ -159,18 +164,7 @@ pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
             slot.delivered = offset;
         }
         if let Mode::Home { subscribers } = mode {
-            if !subscribers.is_empty() {
-                // Encoded once, sent once per node with members.
-                let bytes = RoomWire::Deliver {
-                    room: name.to_string(),
-                    epoch: history.epoch.clone(),
-                    offset,
-                    event: ByteBuf::from(ev.to_vec()),
-                    home: ctx.cluster.me().to_string(),
-                }
-                .encode();
-                subscribers.retain(|node| ctx.cluster.send(node, bytes.clone()));
-            }
+            send_to_subscribers(subscribers, ctx, name, &history.epoch, offset, &ev);
         }
     }
     metrics::counter!(names::MESSAGES_DELIVERED_TOTAL).increment(delivered);
@@ -182,22 +176,82 @@ pub(crate) fn release(core: &mut RoomCore, ctx: &RoomContext, upto: u64) {
     }
 }
 
+/// Sends a released message to the subscribed nodes: encoded once, sent
+/// once per node with members. Nodes that are gone are forgotten.
+pub(crate) fn send_to_subscribers(
+    subscribers: &mut BTreeSet<Arc<str>>,
+    ctx: &RoomContext,
+    room: &str,
+    epoch: &str,
+    offset: u64,
+    ev: &Bytes,
+) {
+    if subscribers.is_empty() {
+        return;
+    }
+    let bytes = RoomWire::Deliver {
+        room: room.to_owned(),
+        epoch: epoch.to_owned(),
+        offset,
+        event: ByteBuf::from(ev.to_vec()),
+        home: ctx.cluster.me().to_string(),
+    }
+    .encode();
+    subscribers.retain(|node| ctx.cluster.send(node, bytes.clone()));
+}
+
+/// (home) A node with members wants this room's messages, from `since`.
 pub(crate) fn subscribe(
+    myself: &ActorRef<RoomMsg>,
     state: &mut RoomState,
     node: Arc<str>,
     since: Option<SinceWire>,
-) -> RoomWire {
+    relayed: bool,
+    reply: tokio::sync::oneshot::Sender<RoomWire>,
+) {
     let name = state.core.lock().name.clone();
     if !matches!(state.ctx.cluster.home(&name), Home::Local) {
-        return RoomWire::Error {
+        let _ = reply.send(RoomWire::Error {
             reason: format!("{} is not the home of {name}", state.ctx.cluster.me()),
-        };
+        });
+        return;
     }
     let mut core = state.core.lock();
     if !is_home(&core) {
-        return RoomWire::Error {
+        let _ = reply.send(RoomWire::Error {
             reason: format!("{} does not hold {name} yet", state.ctx.cluster.me()),
+        });
+        return;
+    }
+    if let Some(s) = since
+        .as_ref()
+        .filter(|s| relayed && s.epoch == core.history.epoch && s.offset > core.history.released())
+    {
+        // That node received an offset of this epoch that this one never
+        // released: another node went on with the epoch (it took the room
+        // over while this one was frozen or cut off), most likely the
+        // node that homes the room without this one, where the fetch
+        // goes once the membership has settled. A subscription is a peer's word,
+        // never a client's: a client's `since` cannot make a home step
+        // down.
+        tracing::warn!(room = %name, node = %node, epoch = s.epoch, offset = s.offset, released = core.history.released(), "a peer saw more of this epoch than this node released; fetching the room");
+        crate::home::unhold(&mut core, &state.ctx);
+        core.holder_hint = None;
+        drop(core);
+        let msg = RoomMsg::Subscribe {
+            node,
+            since,
+            relayed,
+            reply,
         };
+        crate::home::acquire(myself, state, Some(msg));
+        return;
+    }
+    if ahead(&core, since.as_ref().map(|s| (&*s.epoch, s.offset))) {
+        let _ = reply.send(RoomWire::Error {
+            reason: format!("{} is catching up on {name}", state.ctx.cluster.me()),
+        });
+        return;
     }
     let RoomCore { history, mode, .. } = &mut *core;
     if let Mode::Home { subscribers } = mode {
@@ -216,12 +270,24 @@ pub(crate) fn subscribe(
             Recovery::Lost => (Some(false), Vec::new()),
         },
     };
-    RoomWire::Subscribed {
+    let _ = reply.send(RoomWire::Subscribed {
         epoch: history.epoch.clone(),
         offset: history.released(),
         recovered,
         replay,
-    }
+    });
+}
+
+/// Whether a client's `since` names an offset of this home's epoch that it
+/// has not released. With a follower, only a stale home (the epoch went on
+/// elsewhere, and a relay's subscription is about to tell it) or a client's
+/// bug sees that: the join is refused for now (503), and its retry finds the
+/// room fetched. Alone, no other node can have gone further: it is answered
+/// `recovered: false`, as ever.
+fn ahead(core: &RoomCore, since: Option<(&str, u64)>) -> bool {
+    since.is_some_and(|(epoch, offset)| {
+        !core.solo && epoch == core.history.epoch && offset > core.history.released()
+    })
 }
 
 /// Forwarding more often than this means the nodes' views disagree; the

@@ -32,6 +32,11 @@ pub enum RoomWire {
         room: String,
         node: String,
         since: Option<SinceWire>,
+        /// `since` is where this node's relay got to (what homes
+        /// released to it), not a client's word: a home that never
+        /// released that far learns from it that it is stale.
+        #[serde(default)]
+        relayed: bool,
     },
     Subscribed {
         epoch: String,
@@ -84,6 +89,9 @@ pub enum RoomWire {
         home: String,
         epoch: String,
         entry: Logged,
+        /// The home's term of `epoch` (0 from a release without terms).
+        #[serde(default)]
+        term: u64,
     },
     /// (follower -> home) Holds `epoch` up to `upto`. `refused`: it will
     /// not follow this home's `epoch` (it holds the epoch itself now).
@@ -97,6 +105,15 @@ pub enum RoomWire {
         /// It holds no copy that this message follows: send a snapshot.
         #[serde(default)]
         resend: bool,
+        /// (refused) The node that holds the epoch, or whose copy of it
+        /// went further: where the refused home fetches the room.
+        #[serde(default)]
+        holder: Option<String>,
+        /// The term of the `Append` or `Snapshot` answered: a home takes
+        /// only its current holding's confirmations (`None` from a
+        /// release without terms).
+        #[serde(default)]
+        term: Option<u64>,
     },
     /// The room's whole state: from a home to a new follower (its copy), or
     /// as the answer to `Fetch` (the room handed over).
@@ -106,6 +123,9 @@ pub enum RoomWire {
         epoch: String,
         last: u64,
         entries: Vec<Logged>,
+        /// The sender's term of `epoch` (0 from a release without terms).
+        #[serde(default)]
+        term: u64,
     },
     /// (home -> former follower) Drop the copy of `epoch`.
     Forget {
@@ -283,6 +303,7 @@ mod tests {
                 epoch: "e".into(),
                 offset: 9,
             }),
+            relayed: true,
         };
         assert!(matches!(
             rmp_serde::from_slice::<FirstRelease>(&subscribe.encode()).unwrap(),

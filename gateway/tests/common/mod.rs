@@ -237,6 +237,29 @@ impl Server {
         assert!(status.success());
     }
 
+    /// SIGSTOP, and waits until every thread of the process has stopped
+    /// (the signal takes effect a moment after `kill` returns: a thread
+    /// may still read a socket meanwhile).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(&tasks).expect("tasks").all(|t| {
+                let stat = std::fs::read_to_string(t.expect("task").path().join("stat"))
+                    .unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            });
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the process did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
