@@ -665,7 +665,16 @@ async fn a_frozen_home_wakes_into_the_sequence_its_follower_went_on_with() {
         assert_eq!(offsets, ((first + 1)..=last).collect::<Vec<_>>());
         seen.push(got);
     }
-    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    // On failure, the nodes' logs tell which node released what.
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "{seen:?}\n{}",
+        nodes
+            .iter()
+            .map(|n| n.logs())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    );
     // The queued publication: at an offset that carries it, or refused.
     let answer = match answer {
         Some(answer) => answer,

@@ -367,6 +367,11 @@ pub(crate) fn acquired(myself: &ActorRef<RoomMsg>, state: &mut RoomState, how: A
                 "fresh"
             }
         };
+        match outcome {
+            "fetched" | "taken_over" => core.replicated = true,
+            "kept" => {}
+            _ => core.replicated = false,
+        }
         metrics::counter!(names::ROOM_HANDOVERS_TOTAL, "outcome" => outcome).increment(1);
         tracing::info!(room = %core.name, epoch = %core.history.epoch, offset = core.history.last_offset(), outcome, "room acquired");
         core.copies.clear();
@@ -527,26 +532,27 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
         // refuses what this node sends; see `copy.rs`).
         tracing::warn!(room = %core.name, follower = %f.node, "follower lost");
         core.follower = None;
-        if view.peers.is_empty() {
-            // Losing every peer at once is most often this node's own
-            // doing (it was frozen): the membership dials them all again
-            // first (see `Cluster::settled`), and this waits for that, and
-            // for the peers that come back a moment later (a node without
-            // seeds settles at once).
-            let lost = Instant::now();
-            core.lost_alone = Some(lost);
-            let room = ctx.map.get(&core.name).map(|a| a.clone());
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                // Settling ends within seconds; a node stopping meanwhile
-                // never settles, and this task ends with it.
-                let _ = tokio::time::timeout(Duration::from_secs(10), cluster.settled()).await;
-                tokio::time::sleep_until((lost + ALONE_GRACE).into()).await;
-                if let Some(room) = room {
-                    let _ = room.cast(RoomMsg::ViewChanged);
-                }
-            });
-        }
+    }
+    if view.peers.is_empty() && core.replicated && core.lost_alone.is_none() {
+        // Every peer lost at once (with the follower, or while none was
+        // chosen yet) is most often this node's own doing (it was
+        // frozen): the membership dials them all again first (see
+        // `Cluster::settled`), and this waits for that, and for the peers
+        // that come back a moment later (a node without seeds settles at
+        // once).
+        let lost = Instant::now();
+        core.lost_alone = Some(lost);
+        let room = ctx.map.get(&core.name).map(|a| a.clone());
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            // Settling ends within seconds; a node stopping meanwhile
+            // never settles, and this task ends with it.
+            let _ = tokio::time::timeout(Duration::from_secs(10), cluster.settled()).await;
+            tokio::time::sleep_until((lost + ALONE_GRACE).into()).await;
+            if let Some(room) = room {
+                let _ = room.cast(RoomMsg::ViewChanged);
+            }
+        });
     }
     if let Some(lost) = core.lost_alone {
         if !view.peers.is_empty() {
@@ -589,6 +595,7 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
         if let Some(node) = want {
             snapshot_to(ctx, core, &node);
             core.follower = Some(Follower { node, acked: 0 });
+            core.replicated = true;
         }
     }
     core.solo = core.follower.is_none();
@@ -652,6 +659,7 @@ pub(crate) fn on_appended(
 fn new_epoch(core: &mut RoomCore, ctx: &RoomContext, reason: &'static str) {
     core.fail_pending(ctx);
     core.history = History::new(ctx.settings.history_size, ctx.settings.history_ttl);
+    core.replicated = false;
     let epoch = core.history.epoch.clone();
     core.reset_members(&epoch, 0, reason);
 }

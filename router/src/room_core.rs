@@ -87,6 +87,10 @@ pub struct RoomCore {
     /// this node cannot tell whether the follower took the room over, and
     /// releases nothing.
     pub(crate) lost_alone: Option<Instant>,
+    /// (home) This holding's sequence may be held elsewhere too: it had a
+    /// follower, or was fetched or taken over. Alone, such a home cannot
+    /// tell whether another node went on with it (see `lost_alone`).
+    pub(crate) replicated: bool,
     /// (home) Nobody to wait for (one node, `replicas = 1`, no peer that
     /// can follow): a message is released as soon as it is sequenced.
     /// Without a follower and not solo, it waits (see `pick_follower`).
@@ -132,6 +136,7 @@ impl RoomCore {
             holds: false,
             follower: None,
             lost_alone: None,
+            replicated: false,
             solo: false,
             waiting: std::collections::VecDeque::new(),
             copies: HashMap::new(),
