@@ -601,7 +601,10 @@ pub(crate) fn pick_follower(core: &mut RoomCore, ctx: &RoomContext) {
     core.solo = core.follower.is_none();
     if core.solo {
         // Nobody to wait for: one node, `replicas = 1`, or no peer that
-        // can follow. (Not reached while a peer's version is unknown.)
+        // can follow (the others are leaving: the follower was told to
+        // forget its copy). (Not reached while a peer's version is
+        // unknown.) From here on no other node holds this sequence.
+        core.replicated = false;
         let last = core.history.last_offset();
         release(core, ctx, last);
     }
